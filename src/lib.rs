@@ -1,0 +1,5 @@
+//! logwarden: a Loki-compatible push proxy with streaming log-threat detection.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod decode;
