@@ -57,7 +57,10 @@ impl BodyFormat {
     ///
     /// # Errors
     /// [`DecodeError::ContentType`] for a missing or empty media type, which Loki answers with 400.
-    pub fn from_content_type(content_type: Option<&str>, api: PushApi) -> Result<Self, DecodeError> {
+    pub fn from_content_type(
+        content_type: Option<&str>,
+        api: PushApi,
+    ) -> Result<Self, DecodeError> {
         let media = content_type
             .and_then(|ct| ct.split(';').next())
             .map(|m| m.trim().to_ascii_lowercase())
@@ -116,7 +119,9 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        DecodeLimits { max_decompressed_bytes: 512 << 20 }
+        DecodeLimits {
+            max_decompressed_bytes: 512 << 20,
+        }
     }
 }
 
@@ -193,7 +198,11 @@ pub fn decompress<'a>(
     // Loki compares the header as an exact string; "snappy" means nothing extra (Alloy sends it).
     let unwrapped: Cow<'a, [u8]> = match content_encoding.unwrap_or("") {
         "" | "snappy" => Cow::Borrowed(body),
-        "gzip" => Cow::Owned(read_capped(flate2::read::MultiGzDecoder::new(body), max, DecodeError::Gzip)?),
+        "gzip" => Cow::Owned(read_capped(
+            flate2::read::MultiGzDecoder::new(body),
+            max,
+            DecodeError::Gzip,
+        )?),
         "deflate" => Cow::Owned(inflate(body, max)?),
         other => return Err(DecodeError::ContentEncoding(other.to_owned())),
     };
@@ -204,7 +213,9 @@ pub fn decompress<'a>(
             if declared > max {
                 return Err(DecodeError::TooLarge { limit: max });
             }
-            let raw = snap::raw::Decoder::new().decompress_vec(&unwrapped).map_err(DecodeError::Snappy)?;
+            let raw = snap::raw::Decoder::new()
+                .decompress_vec(&unwrapped)
+                .map_err(DecodeError::Snappy)?;
             Ok(Cow::Owned(raw))
         }
     }
@@ -213,11 +224,19 @@ pub fn decompress<'a>(
 /// Inflates an HTTP `deflate` body: Loki (Go `compress/flate`) uses raw DEFLATE (RFC 1951); some
 /// clients send zlib (RFC 1950) instead, so that is tried when raw fails.
 fn inflate(body: &[u8], max: usize) -> Result<Vec<u8>, DecodeError> {
-    match read_capped(flate2::read::DeflateDecoder::new(body), max, DecodeError::Deflate) {
+    match read_capped(
+        flate2::read::DeflateDecoder::new(body),
+        max,
+        DecodeError::Deflate,
+    ) {
         Ok(out) => Ok(out),
         Err(DecodeError::TooLarge { limit }) => Err(DecodeError::TooLarge { limit }),
-        Err(raw_err) => read_capped(flate2::read::ZlibDecoder::new(body), max, DecodeError::Deflate)
-            .map_err(|_| raw_err),
+        Err(raw_err) => read_capped(
+            flate2::read::ZlibDecoder::new(body),
+            max,
+            DecodeError::Deflate,
+        )
+        .map_err(|_| raw_err),
     }
 }
 
@@ -227,7 +246,10 @@ fn read_capped(
     wrap: fn(std::io::Error) -> DecodeError,
 ) -> Result<Vec<u8>, DecodeError> {
     let mut out = Vec::new();
-    let read = reader.take(max as u64 + 1).read_to_end(&mut out).map_err(wrap)?;
+    let read = reader
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(wrap)?;
     if read > max {
         return Err(DecodeError::TooLarge { limit: max });
     }
@@ -275,3 +297,5 @@ pub fn with_decoded<R>(
     Ok(f(&view))
 }
 
+#[cfg(test)]
+mod tests;

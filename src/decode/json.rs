@@ -71,12 +71,20 @@ impl<'de: 'a, 'a> Deserialize<'de> for V1Entry<'a> {
                 f.write_str(r#"an entry ["<unix ns>", "<line>", {<metadata>}]"#)
             }
             fn visit_seq<S: SeqAccess<'de>>(self, mut s: S) -> Result<Self::Value, S::Error> {
-                let ts = s.next_element::<CowStr<'a>>()?.ok_or_else(|| de::Error::invalid_length(0, &self))?;
-                let line = s.next_element::<CowStr<'a>>()?.ok_or_else(|| de::Error::invalid_length(1, &self))?;
+                let ts = s
+                    .next_element::<CowStr<'a>>()?
+                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let line = s
+                    .next_element::<CowStr<'a>>()?
+                    .ok_or_else(|| de::Error::invalid_length(1, &self))?;
                 let metadata = s.next_element::<Option<StringMap<'a>>>()?.flatten();
                 // Loki ignores anything after the third element; so do we, without failing.
                 while s.next_element::<de::IgnoredAny>()?.is_some() {}
-                Ok(V1Entry { ts: ts.0, line: line.0, metadata })
+                Ok(V1Entry {
+                    ts: ts.0,
+                    line: line.0,
+                    metadata,
+                })
             }
         }
         d.deserialize_seq(V(std::marker::PhantomData))
@@ -97,15 +105,22 @@ pub(super) fn parse_v1(buf: &[u8]) -> Result<PushView<'_>, DecodeError> {
         let labels = Labels::from_pairs(s.stream.map(|m| m.0).unwrap_or_default());
         let mut entries = Vec::new();
         for e in s.values.unwrap_or_default().into_iter().flatten() {
-            let timestamp_ns = e
-                .ts
-                .parse::<i64>()
-                .map_err(|_| DecodeError::Timestamp(format!("{:?} is not integer nanoseconds", e.ts)))?;
+            let timestamp_ns = e.ts.parse::<i64>().map_err(|_| {
+                DecodeError::Timestamp(format!("{:?} is not integer nanoseconds", e.ts))
+            })?;
             let structured_metadata = e
                 .metadata
-                .map(|m| m.0.into_iter().map(|(k, v)| (k, cow_str_to_bytes(v))).collect())
+                .map(|m| {
+                    m.0.into_iter()
+                        .map(|(k, v)| (k, cow_str_to_bytes(v)))
+                        .collect()
+                })
                 .unwrap_or_default();
-            entries.push(EntryView { timestamp_ns, line: cow_str_to_bytes(e.line), structured_metadata });
+            entries.push(EntryView {
+                timestamp_ns,
+                line: cow_str_to_bytes(e.line),
+                structured_metadata,
+            });
         }
         streams.push(StreamView { labels, entries });
     }
@@ -152,9 +167,17 @@ pub(super) fn parse_legacy(buf: &[u8]) -> Result<PushView<'_>, DecodeError> {
             let timestamp_ns = ts.timestamp_nanos_opt().unwrap_or(0);
             let structured_metadata = e
                 .structured_metadata
-                .map(|m| m.0.into_iter().map(|(k, v)| (k, cow_str_to_bytes(v))).collect())
+                .map(|m| {
+                    m.0.into_iter()
+                        .map(|(k, v)| (k, cow_str_to_bytes(v)))
+                        .collect()
+                })
                 .unwrap_or_default();
-            entries.push(EntryView { timestamp_ns, line: cow_str_to_bytes(e.line.0), structured_metadata });
+            entries.push(EntryView {
+                timestamp_ns,
+                line: cow_str_to_bytes(e.line.0),
+                structured_metadata,
+            });
         }
         streams.push(StreamView { labels, entries });
     }

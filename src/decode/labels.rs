@@ -23,7 +23,10 @@ impl<'a> Labels<'a> {
 
     /// Returns the value of a label, if present.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.pairs.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_ref())
+        self.pairs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_ref())
     }
 
     /// Iterates over (name, value) pairs in name order.
@@ -151,7 +154,10 @@ pub fn parse_labels(input: &str) -> Result<Labels<'_>, LabelError> {
     let mut names: Vec<&str> = pairs.iter().map(|(n, _)| n.as_ref()).collect();
     names.sort_unstable();
     if names.windows(2).any(|w| w[0] == w[1]) {
-        return Err(LabelError { message: "duplicate label name", offset: 0 });
+        return Err(LabelError {
+            message: "duplicate label name",
+            offset: 0,
+        });
     }
     Ok(Labels::from_pairs(pairs))
 }
@@ -171,7 +177,10 @@ impl<'a> Parser<'a> {
     }
 
     fn err(&self, message: &'static str) -> LabelError {
-        LabelError { message, offset: self.pos }
+        LabelError {
+            message,
+            offset: self.pos,
+        }
     }
 
     fn skip_ws(&mut self) {
@@ -192,7 +201,10 @@ impl<'a> Parser<'a> {
     fn name(&mut self) -> Result<&'a str, LabelError> {
         let start = self.pos;
         // Names may contain ':' only in metric names; label names are [a-zA-Z_][a-zA-Z0-9_]*.
-        while self.peek().is_some_and(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b':') {
+        while self
+            .peek()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b':')
+        {
             self.pos += 1;
         }
         if start == self.pos {
@@ -210,7 +222,8 @@ impl<'a> Parser<'a> {
         let start = self.pos;
         let bytes = self.s.as_bytes();
         if quote == b'`' {
-            let end = memchr::memchr(b'`', &bytes[start..]).ok_or_else(|| self.err("unterminated raw string"))?;
+            let end = memchr::memchr(b'`', &bytes[start..])
+                .ok_or_else(|| self.err("unterminated raw string"))?;
             self.pos = start + end + 1;
             return Ok(Cow::Borrowed(&self.s[start..start + end]));
         }
@@ -219,7 +232,12 @@ impl<'a> Parser<'a> {
         while i < bytes.len() {
             match bytes[i] {
                 b'\\' => break,
-                b'\n' => return Err(LabelError { message: "unterminated quoted string", offset: i }),
+                b'\n' => {
+                    return Err(LabelError {
+                        message: "unterminated quoted string",
+                        offset: i,
+                    })
+                }
                 c if c == quote => {
                     self.pos = i + 1;
                     return Ok(Cow::Borrowed(&self.s[start..i]));
@@ -259,8 +277,12 @@ impl<'a> Parser<'a> {
             b'0'..=b'7' => {
                 // Exactly three octal digits, as Go's lexer requires.
                 let start = self.pos - 1;
-                let digits = self.s.get(start..start + 3).ok_or_else(|| self.err("invalid octal escape"))?;
-                let v = u32::from_str_radix(digits, 8).map_err(|_| self.err("invalid octal escape"))?;
+                let digits = self
+                    .s
+                    .get(start..start + 3)
+                    .ok_or_else(|| self.err("invalid octal escape"))?;
+                let v =
+                    u32::from_str_radix(digits, 8).map_err(|_| self.err("invalid octal escape"))?;
                 if v > 255 {
                     return Err(self.err("octal escape out of range"));
                 }
@@ -285,7 +307,10 @@ impl<'a> Parser<'a> {
     }
 
     fn hex(&mut self, n: usize) -> Result<u32, LabelError> {
-        let digits = self.s.get(self.pos..self.pos + n).ok_or_else(|| self.err("invalid hex escape"))?;
+        let digits = self
+            .s
+            .get(self.pos..self.pos + n)
+            .ok_or_else(|| self.err("invalid hex escape"))?;
         let v = u32::from_str_radix(digits, 16).map_err(|_| self.err("invalid hex escape"))?;
         self.pos += n;
         Ok(v)
@@ -310,8 +335,18 @@ mod tests {
     fn parses_promtail_style_labels_sorted() {
         let l = parse_labels(r#"{job="auth", host="vps1", filename="/var/log/auth.log"}"#).unwrap();
         let v: Vec<_> = l.iter().collect();
-        assert_eq!(v, vec![("filename", "/var/log/auth.log"), ("host", "vps1"), ("job", "auth")]);
-        assert_eq!(l.to_string(), r#"{filename="/var/log/auth.log", host="vps1", job="auth"}"#);
+        assert_eq!(
+            v,
+            vec![
+                ("filename", "/var/log/auth.log"),
+                ("host", "vps1"),
+                ("job", "auth")
+            ]
+        );
+        assert_eq!(
+            l.to_string(),
+            r#"{filename="/var/log/auth.log", host="vps1", job="auth"}"#
+        );
     }
 
     #[test]
@@ -350,7 +385,10 @@ mod tests {
     #[test]
     fn empty_values_are_dropped_and_metric_name_kept() {
         let l = parse_labels(r#"up{a="", b="x"}"#).unwrap();
-        assert_eq!(l.iter().collect::<Vec<_>>(), vec![("__name__", "up"), ("b", "x")]);
+        assert_eq!(
+            l.iter().collect::<Vec<_>>(),
+            vec![("__name__", "up"), ("b", "x")]
+        );
     }
 
     #[test]

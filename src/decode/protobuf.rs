@@ -32,7 +32,10 @@ impl<'a> Reader<'a> {
     fn varint(&mut self) -> Result<u64, DecodeError> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
-            let b = *self.buf.get(self.pos).ok_or(DecodeError::Protobuf("truncated varint"))?;
+            let b = *self
+                .buf
+                .get(self.pos)
+                .ok_or(DecodeError::Protobuf("truncated varint"))?;
             self.pos += 1;
             value |= u64::from(b & 0x7f) << shift;
             if b < 0x80 {
@@ -121,9 +124,12 @@ fn parse_stream(buf: &[u8]) -> Result<StreamView<'_>, DecodeError> {
             _ => r.skip(wire)?,
         }
     }
-    let labels_str =
-        std::str::from_utf8(labels_raw).map_err(|_| DecodeError::Protobuf("labels are not UTF-8"))?;
-    Ok(StreamView { labels: parse_labels(labels_str)?, entries })
+    let labels_str = std::str::from_utf8(labels_raw)
+        .map_err(|_| DecodeError::Protobuf("labels are not UTF-8"))?;
+    Ok(StreamView {
+        labels: parse_labels(labels_str)?,
+        entries,
+    })
 }
 
 fn parse_entry(buf: &[u8]) -> Result<EntryView<'_>, DecodeError> {
@@ -134,7 +140,9 @@ fn parse_entry(buf: &[u8]) -> Result<EntryView<'_>, DecodeError> {
         match field {
             1 => entry.timestamp_ns = parse_timestamp(r.len_field(wire)?)?,
             2 => entry.line = Cow::Borrowed(r.len_field(wire)?),
-            3 => entry.structured_metadata.push(parse_label_pair(r.len_field(wire)?)?),
+            3 => entry
+                .structured_metadata
+                .push(parse_label_pair(r.len_field(wire)?)?),
             _ => r.skip(wire)?,
         }
     }

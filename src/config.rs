@@ -1,0 +1,458 @@
+//! Config: the YAML file format (serde) and its validation into a [`Config`] the stages trust.
+//!
+//! Two stages: [`RawConfig`] mirrors the file (unknown keys rejected); [`Config::from_raw`]
+//! validates it, applies command-line and environment overrides, and compiles it (URLs parsed,
+//! durations checked). Everything downstream takes `&Config` and never re-checks. Every error
+//! names the field, the bad value and what was expected.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Default address `serve` listens on (Loki's own port is 3100).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:3101";
+/// Default Loki base URL.
+pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:3100";
+/// Loki's default `max_recv_msg_size`: 100 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 100 << 20;
+
+/// A configuration error: which field, what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    /// Dotted path of the offending field, e.g. `upstream.timeout`.
+    pub field: String,
+    /// The bad value and what was expected.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// Builds an error for `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The configuration file, as written by the operator.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// Address to listen on, `host:port`. Default `0.0.0.0:3101`.
+    pub listen: Option<String>,
+    /// The Loki that pushes are forwarded to.
+    pub upstream: UpstreamConfig,
+    /// Size limits on what clients send.
+    pub limits: LimitsConfig,
+    /// The inspection stage that decodes accepted pushes off the request path.
+    pub inspect: InspectConfig,
+}
+
+/// Where and how to forward.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Base URL of Loki (scheme, host, port; a path prefix is kept). Default `http://127.0.0.1:3100`.
+    pub url: String,
+    /// Longest wait for Loki's answer (response headers) before answering 504. Default 9s: under
+    /// Promtail's and Alloy's 10 s client timeout, so the client gets our 504 (and retries)
+    /// rather than timing out itself with the request still in flight.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Longest wait to open a TCP connection to Loki before answering 502. Default 2s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Talk HTTP/2 without TLS (h2c, prior knowledge) to Loki. Default false (HTTP/1.1).
+    pub http2: bool,
+    /// Idle pooled connections kept per upstream host. Default 64.
+    pub pool_max_idle_per_host: usize,
+    /// How long an idle pooled connection is kept. Default 60s.
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: DEFAULT_UPSTREAM.to_owned(),
+            timeout: Duration::from_secs(9),
+            connect_timeout: Duration::from_secs(2),
+            http2: false,
+            pool_max_idle_per_host: 64,
+            pool_idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Size limits.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest push body accepted, as sent (compressed). Over it: 413, nothing forwarded.
+    /// A number of bytes or a size such as `100MiB`. Default 100 MiB, like Loki.
+    pub max_body_bytes: ByteSize,
+    /// Largest push body inspected after decompression; larger pushes are still forwarded but
+    /// not inspected (counted as decode error `too_large`). Default 512 MiB.
+    pub max_decompressed_bytes: ByteSize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: ByteSize(DEFAULT_MAX_BODY_BYTES),
+            max_decompressed_bytes: ByteSize(512 << 20),
+        }
+    }
+}
+
+/// The inspection hand-off.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InspectConfig {
+    /// Pushes waiting for inspection; when full, inspection (never forwarding) is shed and
+    /// counted in `logwarden_inspect_queue_dropped_total`. Default 1024.
+    pub queue_capacity: usize,
+    /// Inspection worker threads; 0 means one per CPU. Default 0.
+    pub workers: usize,
+    /// Tenant assumed when a push has no `X-Scope-OrgID` (Loki's `no_auth_tenant`). Default `fake`.
+    pub default_tenant: String,
+    /// Distinct tenants given their own metric label value; the rest share `_other`. Default 100.
+    pub max_metric_tenants: usize,
+}
+
+impl Default for InspectConfig {
+    fn default() -> Self {
+        InspectConfig {
+            queue_capacity: 1024,
+            workers: 0,
+            default_tenant: "fake".to_owned(),
+            max_metric_tenants: 100,
+        }
+    }
+}
+
+/// A size in bytes, written as a number or as a string with a unit (`512KiB`, `100MiB`, `1GB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "u64")]
+pub struct ByteSize(pub u64);
+
+impl From<ByteSize> for u64 {
+    fn from(b: ByteSize) -> u64 {
+        b.0
+    }
+}
+
+impl ByteSize {
+    /// Parses `123`, `64KiB`, `100MiB`, `1GB`, … (binary units for `KiB`/`MiB`/`GiB`, decimal
+    /// for `KB`/`MB`/`GB`).
+    pub fn parse(s: &str) -> Option<ByteSize> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().ok()?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "kib" | "k" => 1 << 10,
+            "mib" | "m" => 1 << 20,
+            "gib" | "g" => 1 << 30,
+            _ => return None,
+        };
+        n.checked_mul(mult).map(ByteSize)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Int(u64),
+            Str(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Int(n) => Ok(ByteSize(n)),
+            Repr::Str(s) => ByteSize::parse(&s).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{s:?} is not a size (expected bytes as a number, or e.g. \"64KiB\", \"100MiB\")"
+                ))
+            }),
+        }
+    }
+}
+
+/// Values that override the file: command-line flags, then environment variables.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen` / `LOGWARDEN_LISTEN`.
+    pub listen: Option<String>,
+    /// `--upstream` / `LOGWARDEN_UPSTREAM`.
+    pub upstream: Option<String>,
+}
+
+/// The validated configuration every stage is built from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Loki base URL.
+    pub upstream_url: reqwest::Url,
+    /// Upstream connection settings.
+    pub upstream: UpstreamConfig,
+    /// Largest push body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest decompressed body inspected, in bytes.
+    pub max_decompressed_bytes: usize,
+    /// Inspection settings (workers resolved: never 0).
+    pub inspect: InspectConfig,
+    /// The file as read, for reference.
+    pub raw: RawConfig,
+}
+
+impl Config {
+    /// Returns the embedded default configuration (`serve` with no file).
+    pub fn default_config() -> Config {
+        Config::from_raw(RawConfig::default(), &Overrides::default())
+            .expect("the built-in default configuration is valid")
+    }
+
+    /// Reads and validates a YAML file.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file or the field at fault.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(path.display().to_string(), format!("cannot read: {e}"))
+        })?;
+        let raw = parse_yaml(&text)?;
+        Config::from_raw(raw, overrides)
+    }
+
+    /// Validates a raw configuration with overrides applied.
+    ///
+    /// # Errors
+    /// The first invalid field, with its value and what was expected.
+    pub fn from_raw(raw: RawConfig, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let (listen_field, listen) = match (&overrides.listen, &raw.listen) {
+            (Some(l), _) => ("--listen", l.clone()),
+            (None, Some(l)) => ("listen", l.clone()),
+            (None, None) => ("listen", DEFAULT_LISTEN.to_owned()),
+        };
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            ConfigError::new(
+                listen_field,
+                format!("{listen:?} is not an address (expected host:port, e.g. \"0.0.0.0:3101\")"),
+            )
+        })?;
+
+        let (url_field, url) = match &overrides.upstream {
+            Some(u) => ("--upstream", u.clone()),
+            None => ("upstream.url", raw.upstream.url.clone()),
+        };
+        let upstream_url = parse_upstream_url(url_field, &url)?;
+
+        let up = &raw.upstream;
+        positive("upstream.timeout", up.timeout)?;
+        positive("upstream.connect_timeout", up.connect_timeout)?;
+        if raw.limits.max_body_bytes.0 == 0 {
+            return Err(ConfigError::new(
+                "limits.max_body_bytes",
+                "0 must be greater than zero",
+            ));
+        }
+        if raw.limits.max_decompressed_bytes.0 == 0 {
+            return Err(ConfigError::new(
+                "limits.max_decompressed_bytes",
+                "0 must be greater than zero",
+            ));
+        }
+        if raw.inspect.queue_capacity == 0 {
+            return Err(ConfigError::new(
+                "inspect.queue_capacity",
+                "0 must be greater than zero",
+            ));
+        }
+        if raw.inspect.default_tenant.is_empty() || raw.inspect.default_tenant.contains(':') {
+            return Err(ConfigError::new(
+                "inspect.default_tenant",
+                format!(
+                    "{:?} is not a tenant id (expected a non-empty name without ':')",
+                    raw.inspect.default_tenant
+                ),
+            ));
+        }
+        let mut inspect = raw.inspect.clone();
+        if inspect.workers == 0 {
+            inspect.workers = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2);
+        }
+        Ok(Config {
+            listen,
+            upstream_url,
+            upstream: raw.upstream.clone(),
+            max_body_bytes: usize::try_from(raw.limits.max_body_bytes.0).unwrap_or(usize::MAX),
+            max_decompressed_bytes: usize::try_from(raw.limits.max_decompressed_bytes.0)
+                .unwrap_or(usize::MAX),
+            inspect,
+            raw,
+        })
+    }
+}
+
+/// Parses YAML into a [`RawConfig`], reporting the dotted path of a bad field.
+///
+/// # Errors
+/// Syntax errors (with line and column), unknown fields and wrongly typed values.
+pub fn parse_yaml(text: &str) -> Result<RawConfig, ConfigError> {
+    // An empty file means "all defaults".
+    if text.trim().is_empty() {
+        return Ok(RawConfig::default());
+    }
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." || path.is_empty() {
+            "config".to_owned()
+        } else {
+            path
+        };
+        ConfigError::new(field, e.into_inner().to_string())
+    })
+}
+
+fn positive(field: &str, d: Duration) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        return Err(ConfigError::new(field, "\"0s\" must be greater than zero"));
+    }
+    Ok(())
+}
+
+fn parse_upstream_url(field: &str, url: &str) -> Result<reqwest::Url, ConfigError> {
+    let expected = "(expected a base URL such as \"http://127.0.0.1:3100\")";
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        ConfigError::new(field, format!("{url:?} is not a valid URL: {e} {expected}"))
+    })?;
+    match parsed.scheme() {
+        "http" => {}
+        "https" => {
+            return Err(ConfigError::new(
+                field,
+                format!("{url:?}: https upstreams are not supported by this build yet {expected}"),
+            ))
+        }
+        other => {
+            return Err(ConfigError::new(
+                field,
+                format!("{url:?}: scheme {other:?} is not http {expected}"),
+            ))
+        }
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(ConfigError::new(
+            field,
+            format!("{url:?} has no host {expected}"),
+        ));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(ConfigError::new(
+            field,
+            format!("{url:?} must not have a query or fragment {expected}"),
+        ));
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<Config, ConfigError> {
+        Config::from_raw(parse_yaml(yaml)?, &Overrides::default())
+    }
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = load("").unwrap();
+        assert_eq!(c.listen, "0.0.0.0:3101".parse().unwrap());
+        assert_eq!(c.upstream_url.as_str(), "http://127.0.0.1:3100/");
+        assert_eq!(c.max_body_bytes, 100 << 20);
+        assert_eq!(c.upstream.timeout, Duration::from_secs(9));
+        assert!(c.inspect.workers >= 1);
+    }
+
+    #[test]
+    fn sizes_and_durations_parse_with_units() {
+        let c = load("upstream:\n  timeout: 1500ms\nlimits:\n  max_body_bytes: 64KiB\n").unwrap();
+        assert_eq!(c.upstream.timeout, Duration::from_millis(1500));
+        assert_eq!(c.max_body_bytes, 64 << 10);
+        assert_eq!(
+            load("limits:\n  max_body_bytes: 1000\n")
+                .unwrap()
+                .max_body_bytes,
+            1000
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_path() {
+        let e = load("upstream:\n  urll: http://x:1\n").unwrap_err();
+        assert_eq!(e.field, "upstream.urll");
+        assert!(e.message.contains("unknown field `urll`"), "{e}");
+        assert!(e.message.contains("expected one of"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_field_value_and_expectation() {
+        let e = load("upstream:\n  url: \"ftp://loki:3100\"\n").unwrap_err();
+        assert_eq!(e.field, "upstream.url");
+        assert!(
+            e.message.contains("\"ftp://loki:3100\"") && e.message.contains("expected"),
+            "{e}"
+        );
+
+        let e = load("upstream:\n  timeout: 0s\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "upstream.timeout: \"0s\" must be greater than zero"
+        );
+
+        let e = load("upstream:\n  timeout: soon\n").unwrap_err();
+        assert_eq!(e.field, "upstream.timeout");
+
+        let e = load("listen: nowhere\n").unwrap_err();
+        assert_eq!(e.field, "listen");
+        assert!(e.message.contains("\"nowhere\""), "{e}");
+
+        let e = load("limits:\n  max_body_bytes: lots\n").unwrap_err();
+        assert_eq!(e.field, "limits.max_body_bytes");
+        assert!(e.message.contains("\"lots\" is not a size"), "{e}");
+    }
+
+    #[test]
+    fn overrides_beat_the_file() {
+        let raw = parse_yaml("listen: 127.0.0.1:1\nupstream:\n  url: http://a:1\n").unwrap();
+        let o = Overrides {
+            listen: Some("127.0.0.1:2".into()),
+            upstream: Some("http://b:2".into()),
+        };
+        let c = Config::from_raw(raw, &o).unwrap();
+        assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.upstream_url.host_str(), Some("b"));
+        let e = Config::from_raw(
+            RawConfig::default(),
+            &Overrides {
+                upstream: Some("nope".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "--upstream");
+    }
+}

@@ -1,0 +1,173 @@
+//! Ingest: the push handler. Caps the body, forwards it, answers with Loki's verdict, then hands
+//! a copy to inspection — the whole policy in one visible function, [`push`].
+//!
+//! Never awaits decoding, detection, analysis or alerting: the hand-off is a non-blocking offer
+//! on a bounded queue. A batch the client will resend (429, 5xx, our own 502/504) is not
+//! inspected, so a retried batch is inspected exactly once, when it is finally accepted.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::header::{self, HeaderMap};
+use http::StatusCode;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tracing::Instrument;
+
+use crate::decode::PushApi;
+use crate::inspect::Inspection;
+use crate::App;
+
+/// Loki's tenant header.
+pub const TENANT_HEADER: &str = "x-scope-orgid";
+
+/// Returns the push's tenant: `X-Scope-OrgID`, or `default` when absent or empty.
+pub fn tenant_of(headers: &HeaderMap, default: &str) -> String {
+    headers
+        .get(TENANT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .unwrap_or(default)
+        .to_owned()
+}
+
+/// Why a request body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Larger than the cap: 413, as Loki answers.
+    TooLarge { limit: usize },
+    /// The client went away or sent a malformed body.
+    Read(String),
+}
+
+impl BodyError {
+    /// Returns the bounded reason label value.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BodyError::TooLarge { .. } => "too_large",
+            BodyError::Read(_) => "body_read",
+        }
+    }
+}
+
+impl IntoResponse for BodyError {
+    fn into_response(self) -> Response {
+        let (status, msg) = match self {
+            BodyError::TooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body too large: limit is {limit} bytes\n"),
+            ),
+            BodyError::Read(e) => (
+                StatusCode::BAD_REQUEST,
+                format!("failed to read request body: {e}\n"),
+            ),
+        };
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            msg,
+        )
+            .into_response()
+    }
+}
+
+/// Reads a whole request body, refusing more than `limit` bytes (checked against
+/// `Content-Length` first, so an oversized push is refused before it is read).
+///
+/// # Errors
+/// [`BodyError::TooLarge`] over the cap, [`BodyError::Read`] when the body stream fails.
+pub async fn read_body_capped(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(BodyError::TooLarge { limit })
+        }
+        Err(e) => Err(BodyError::Read(e.to_string())),
+    }
+}
+
+/// Handles `POST /loki/api/v1/push` and `POST /api/prom/push`.
+pub async fn push(State(app): State<App>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let tenant = tenant_of(&parts.headers, &app.config().inspect.default_tenant);
+    let span = tracing::info_span!(
+        "push",
+        tenant = %tenant,
+        bytes = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    let metrics = app.metrics();
+    async {
+        let body = match read_body_capped(&parts.headers, body, app.config().max_body_bytes).await {
+            Ok(b) => b,
+            Err(e) => {
+                metrics.push_rejected.with_label_values(&[e.reason()]).inc();
+                let response = e.into_response();
+                record_status(&app, response.status());
+                tracing::warn!(%tenant, reason = "body", status = response.status().as_u16(), "push rejected before forwarding");
+                return response;
+            }
+        };
+        tracing::Span::current().record("bytes", body.len());
+        let tenant_label = metrics.tenants.label(&tenant);
+        metrics.push_bytes.with_label_values(&[tenant_label]).inc_by(body.len() as u64);
+
+        let path_and_query = parts.uri.path_and_query().map_or(parts.uri.path(), |pq| pq.as_str());
+        let forwarded = app
+            .forwarder()
+            .push(path_and_query, &parts.headers, body.clone()) // Bytes clone: a refcount
+            .instrument(tracing::info_span!("forward"))
+            .await;
+        let response = match forwarded {
+            Ok(upstream) => {
+                if !upstream.client_will_retry() {
+                    app.inspector().offer(Inspection {
+                        tenant,
+                        content_type: header_string(&parts.headers, header::CONTENT_TYPE),
+                        content_encoding: header_string(&parts.headers, header::CONTENT_ENCODING),
+                        api: PushApi::from_path(parts.uri.path()),
+                        body,
+                        span: tracing::Span::current(),
+                    });
+                }
+                upstream.into_response()
+            }
+            Err(e) => {
+                metrics.push_rejected.with_label_values(&[e.reason()]).inc();
+                tracing::warn!(%tenant, error = %e, "push not forwarded, client will retry");
+                e.into_response()
+            }
+        };
+        record_status(&app, response.status());
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+fn record_status(app: &App, status: StatusCode) {
+    tracing::Span::current().record("status", status.as_u16());
+    app.metrics()
+        .push_requests
+        .with_label_values(&[status.as_str()])
+        .inc();
+}
+
+fn header_string(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}

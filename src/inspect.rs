@@ -1,0 +1,192 @@
+//! Inspect: the hand-off from the request path to decoding and detection.
+//!
+//! Receives a copy (a reference-counted `Bytes`, no copy of the data) of each push that Loki
+//! accepted for good (the client will not resend it). Owns a bounded queue and a pool of worker
+//! threads that decode each push, count lines, bytes and streams per tenant, and hand the decoded
+//! view to the [`PushInspector`] (the detection engine). A full queue sheds the inspection, never
+//! the forwarding, and counts it. The request path never waits here: [`Inspector::offer`] is a
+//! `try_send`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use tokio::time::Instant;
+
+use crate::decode::{self, DecodeLimits, PushApi, PushMeta, PushView};
+use crate::metrics::ProxyMetrics;
+
+/// What a worker does with each decoded push, after counting it: the detection engine.
+pub trait PushInspector: Send + Sync + 'static {
+    /// Inspects one decoded push of `tenant`. Runs on a worker thread; must not block on IO.
+    fn inspect(&self, tenant: &str, push: &PushView<'_>);
+}
+
+/// An inspector that only counts (used when detection is off, and in tests).
+pub struct CountOnly;
+
+impl PushInspector for CountOnly {
+    fn inspect(&self, _tenant: &str, _push: &PushView<'_>) {}
+}
+
+/// One accepted push waiting for inspection.
+pub struct Inspection {
+    /// Tenant (`X-Scope-OrgID`, or the configured default).
+    pub tenant: String,
+    /// `Content-Type` as sent.
+    pub content_type: Option<String>,
+    /// `Content-Encoding` as sent.
+    pub content_encoding: Option<String>,
+    /// Which push API the request came in on.
+    pub api: PushApi,
+    /// The body exactly as forwarded.
+    pub body: Bytes,
+    /// The push's span, so the inspection is traced as its child.
+    pub span: tracing::Span,
+}
+
+enum Job {
+    Inspect(Box<Inspection>),
+    Stop,
+}
+
+/// The bounded queue plus its worker threads.
+pub struct Inspector {
+    tx: Sender<Job>,
+    workers: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    metrics: ProxyMetrics,
+    dropped_since_log: AtomicU64,
+}
+
+impl Inspector {
+    /// Starts `workers` threads reading a queue of `capacity` pushes.
+    pub fn start(
+        capacity: usize,
+        workers: usize,
+        limits: DecodeLimits,
+        metrics: ProxyMetrics,
+        inspector: Arc<dyn PushInspector>,
+    ) -> Arc<Self> {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let handles = (0..workers.max(1))
+            .map(|i| {
+                let rx: Receiver<Job> = rx.clone();
+                let metrics = metrics.clone();
+                let inspector = Arc::clone(&inspector);
+                std::thread::Builder::new()
+                    .name(format!("inspect-{i}"))
+                    .spawn(move || worker(rx, limits, metrics, inspector))
+                    .expect("spawning an inspection thread")
+            })
+            .collect();
+        Arc::new(Inspector {
+            tx,
+            workers: std::sync::Mutex::new(handles),
+            metrics,
+            dropped_since_log: AtomicU64::new(0),
+        })
+    }
+
+    /// Queues a push for inspection without waiting; a full queue sheds it and counts the drop.
+    pub fn offer(&self, inspection: Inspection) {
+        match self.tx.try_send(Job::Inspect(Box::new(inspection))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.metrics.inspect_dropped.inc();
+                // One WARN per burst of drops, not one per push.
+                if self.dropped_since_log.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(
+                        capacity = self.tx.capacity(),
+                        "inspection queue full, shedding inspection (push was forwarded)"
+                    );
+                }
+                return;
+            }
+        }
+        self.dropped_since_log.store(0, Ordering::Relaxed);
+    }
+
+    /// Returns the number of pushes waiting.
+    pub fn depth(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Drains the queue and stops the workers, waiting at most `grace`. Returns true when every
+    /// queued push was inspected in time.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        let deadline = Instant::now() + grace;
+        let handles: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.workers.lock().expect("workers lock"));
+        let tx = self.tx.clone();
+        let n = handles.len();
+        let joined = tokio::task::spawn_blocking(move || {
+            // Stop jobs queue behind the pushes already waiting, so those are inspected first.
+            for _ in 0..n {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if tx.send_timeout(Job::Stop, left).is_err() {
+                    return false;
+                }
+            }
+            for h in handles {
+                let _ = h.join();
+            }
+            true
+        });
+        matches!(
+            tokio::time::timeout_at(deadline, joined).await,
+            Ok(Ok(true))
+        )
+    }
+}
+
+fn worker(
+    rx: Receiver<Job>,
+    limits: DecodeLimits,
+    metrics: ProxyMetrics,
+    inspector: Arc<dyn PushInspector>,
+) {
+    while let Ok(job) = rx.recv() {
+        let Job::Inspect(job) = job else { return };
+        metrics.inspect_depth.set(rx.len() as i64);
+        let _guard =
+            tracing::info_span!(parent: &job.span, "inspect", bytes = job.body.len()).entered();
+        let started = Instant::now();
+        inspect_one(&job, limits, &metrics, inspector.as_ref());
+        metrics
+            .inspect_duration
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Decodes one push, counts it and runs the inspector; a decode failure is counted and logged.
+pub fn inspect_one(
+    job: &Inspection,
+    limits: DecodeLimits,
+    metrics: &ProxyMetrics,
+    inspector: &dyn PushInspector,
+) {
+    let meta = PushMeta {
+        content_type: job.content_type.as_deref(),
+        content_encoding: job.content_encoding.as_deref(),
+        api: job.api,
+    };
+    let tenant_label = metrics.tenants.label(&job.tenant);
+    let result = decode::with_decoded(&job.body, meta, limits, |view| {
+        metrics
+            .push_streams
+            .with_label_values(&[tenant_label])
+            .inc_by(view.streams.len() as u64);
+        metrics
+            .push_lines
+            .with_label_values(&[tenant_label])
+            .inc_by(view.entry_count() as u64);
+        inspector.inspect(&job.tenant, view);
+    });
+    if let Err(e) = result {
+        metrics.decode_errors.with_label_values(&[e.reason()]).inc();
+        tracing::debug!(tenant = %job.tenant, reason = e.reason(), error = %e, "push not decoded");
+    }
+}

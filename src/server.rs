@@ -1,0 +1,150 @@
+//! Server: the HTTP surface. Routes only; the logic lives in the stages.
+//!
+//! - `POST /loki/api/v1/push`, `POST /api/prom/push`: [`crate::ingest::push`].
+//! - Everything else under `/loki/`, `/api/prom/` and `/otlp/`: reverse-proxied to Loki unchanged
+//!   (queries, labels, tail over WebSocket, OTLP ingest), responses streamed.
+//! - `GET /metrics`, `GET /ready` (503 while shutting down), `GET /healthz`.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::StatusCode;
+use hyper_util::rt::TokioIo;
+
+use crate::forward::Route;
+use crate::ingest::{push, read_body_capped};
+use crate::App;
+
+/// Path prefixes reverse-proxied to Loki.
+pub const PROXIED_PREFIXES: &[&str] = &["/loki/", "/api/prom/", "/otlp/"];
+
+/// Builds the router for an application instance.
+pub fn app(state: App) -> Router {
+    Router::new()
+        .route("/loki/api/v1/push", post(push))
+        .route("/api/prom/push", post(push))
+        .route("/metrics", get(metrics))
+        .route("/ready", get(ready))
+        .route("/healthz", get(healthz))
+        .fallback(proxy)
+        .with_state(state)
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::TEXT_CONTENT_TYPE)],
+        app.render_metrics(),
+    )
+        .into_response()
+}
+
+async fn ready(State(app): State<App>) -> Response {
+    if app.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Reverse-proxies a non-push request to Loki, unchanged.
+async fn proxy(State(app): State<App>, mut request: Request) -> Response {
+    let path = request.uri().path();
+    if !PROXIED_PREFIXES.iter().any(|p| path.starts_with(p)) {
+        return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
+    }
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| path.to_owned(), |pq| pq.as_str().to_owned());
+    let method = request.method().clone();
+    let wants_upgrade = is_upgrade(request.headers());
+    let client_upgrade = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>();
+    let (parts, body) = request.into_parts();
+    // Query and OTLP request bodies are small; buffering them (capped) lets the upstream request
+    // carry an exact Content-Length like the client's.
+    let body = match read_body_capped(&parts.headers, body, app.config().max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let sent = app
+        .forwarder()
+        .send(
+            Route::Proxy,
+            method,
+            &path_and_query,
+            &parts.headers,
+            body.into(),
+            wants_upgrade,
+        )
+        .await;
+    let response = match sent {
+        Ok(upstream) if wants_upgrade && upstream.status == StatusCode::SWITCHING_PROTOCOLS => {
+            upgrade_response(upstream, client_upgrade)
+        }
+        Ok(upstream) => upstream.into_response(),
+        Err(e) => {
+            tracing::warn!(path = %parts.uri.path(), error = %e, "proxied request got no answer from Loki");
+            e.into_response()
+        }
+    };
+    app.metrics()
+        .proxy_requests
+        .with_label_values(&[response.status().as_str()])
+        .inc();
+    response
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// Completes a protocol upgrade (Loki's WebSocket tail): answers 101 with Loki's headers and
+/// splices the two upgraded connections together.
+fn upgrade_response(
+    upstream: crate::forward::UpstreamResponse,
+    client: Option<hyper::upgrade::OnUpgrade>,
+) -> Response {
+    let Some(client) = client else {
+        return (
+            StatusCode::BAD_GATEWAY,
+            "upgrade not possible on this connection\n",
+        )
+            .into_response();
+    };
+    let (status, headers, upgraded) = upstream.into_upgrade();
+    tokio::spawn(async move {
+        let (Ok(client), Ok(upstream)) = (client.await, upgraded.await) else {
+            tracing::debug!("upgrade handshake did not complete");
+            return;
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = upstream;
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %e, "upgraded connection closed");
+        }
+    });
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    response
+}

@@ -1,0 +1,342 @@
+//! The push path forwards the client's bytes and headers unchanged and returns Loki's answer
+//! unchanged; logwarden answers itself only when Loki cannot (502, 504) or the body is too big.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use logwarden::inspect::CountOnly;
+
+use crate::support::{client, promtail_fixture, FakeLoki, Proxy, Reply};
+
+const PUSH: &str = "/loki/api/v1/push";
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+const JSON_PUSH: &str = r#"{"streams":[{"stream":{"job":"auth","host":"vps1"},"values":[["1795658417000000000","Failed password for root from 203.0.113.42 port 40000 ssh2"],["1795658418000000000","second \u00e9 line",{"trace_id":"abc"}]]}]}"#;
+
+/// (name, body, content type, content encoding) for every body shape the issue lists.
+fn bodies() -> Vec<(&'static str, Vec<u8>, &'static str, Option<&'static str>)> {
+    let pb = promtail_fixture();
+    // Valid snappy around bytes that are not a protobuf PushRequest.
+    let not_protobuf = snap::raw::Encoder::new()
+        .compress_vec(b"\xff\xff\xff\xff not protobuf")
+        .unwrap();
+    vec![
+        ("promtail fixture", pb, "application/x-protobuf", None),
+        (
+            "json",
+            JSON_PUSH.as_bytes().to_vec(),
+            "application/json",
+            None,
+        ),
+        (
+            "gzip json",
+            gzip(JSON_PUSH.as_bytes()),
+            "application/json",
+            Some("gzip"),
+        ),
+        (
+            "invalid snappy",
+            b"\x00\x01\x02 definitely not snappy".to_vec(),
+            "application/x-protobuf",
+            None,
+        ),
+        (
+            "snappy of invalid protobuf",
+            not_protobuf,
+            "application/x-protobuf",
+            Some("snappy"),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn push_body_and_headers_reach_loki_byte_identical() {
+    let loki = FakeLoki::start().await;
+    let proxy = Proxy::start("", &loki.url(), Arc::new(CountOnly)).await;
+    let http = client();
+    for (name, body, ct, ce) in bodies() {
+        let mut req = http
+            .post(proxy.url(PUSH))
+            .header("content-type", ct)
+            .header("x-scope-orgid", "tenant-a")
+            .header("authorization", "Basic dXNlcjpwYXNz")
+            .header("user-agent", "promtail/2.8.0")
+            .header("x-custom-header", "kept")
+            .body(body.clone());
+        if let Some(ce) = ce {
+            req = req.header("content-encoding", ce);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 204, "{name}");
+        let got = loki.requests().pop().unwrap();
+        assert_eq!(got.method, "POST", "{name}");
+        assert_eq!(got.uri.path(), PUSH, "{name}");
+        assert!(
+            got.body == body,
+            "{name}: forwarded body differs ({} vs {} bytes)",
+            got.body.len(),
+            body.len()
+        );
+        assert_eq!(got.headers["content-type"], ct, "{name}");
+        assert_eq!(
+            got.headers
+                .get("content-encoding")
+                .map(|v| v.to_str().unwrap()),
+            ce,
+            "{name}"
+        );
+        assert_eq!(got.headers["x-scope-orgid"], "tenant-a", "{name}");
+        assert_eq!(got.headers["authorization"], "Basic dXNlcjpwYXNz", "{name}");
+        assert_eq!(got.headers["user-agent"], "promtail/2.8.0", "{name}");
+        assert_eq!(got.headers["x-custom-header"], "kept", "{name}");
+        assert_eq!(
+            got.headers["content-length"],
+            body.len().to_string().as_str(),
+            "{name}"
+        );
+    }
+    assert_eq!(loki.requests().len(), 5);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn legacy_push_path_and_query_string_are_kept() {
+    let loki = FakeLoki::start().await;
+    let proxy = Proxy::start("", &loki.url(), Arc::new(CountOnly)).await;
+    let resp = client()
+        .post(proxy.url("/api/prom/push?x=1"))
+        .header("content-type", "application/x-protobuf")
+        .body(promtail_fixture())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let got = loki.requests().pop().unwrap();
+    assert_eq!(got.uri.path(), "/api/prom/push");
+    assert_eq!(got.uri.query(), Some("x=1"));
+    assert_eq!(got.body, promtail_fixture());
+}
+
+#[tokio::test]
+async fn loki_status_body_and_content_type_pass_through() {
+    let loki = FakeLoki::start().await;
+    let proxy = Proxy::start("", &loki.url(), Arc::new(CountOnly)).await;
+    let partial = "entry for stream '{job=\"auth\"}' has timestamp too old: 2020-01-01T00:00:00Z\n";
+    loki.script([
+        Reply::status(204),
+        Reply::text(400, partial),
+        Reply::text(
+            413,
+            "request body too large: message size too large than max (200 vs 100)\n",
+        ),
+        Reply::text(
+            429,
+            "ingestion rate limit exceeded for user fake (limit: 4194304 bytes/sec)\n",
+        ),
+        Reply::text(500, "internal server error\n"),
+        Reply::Answer(
+            503,
+            "application/json",
+            br#"{"error":"circuit open"}"#.to_vec(),
+        ),
+    ]);
+    let http = client();
+    let expected: [(u16, &str, &[u8]); 6] = [
+        (204, "", b""),
+        (400, "text/plain; charset=utf-8", partial.as_bytes()),
+        (
+            413,
+            "text/plain; charset=utf-8",
+            b"request body too large: message size too large than max (200 vs 100)\n",
+        ),
+        (
+            429,
+            "text/plain; charset=utf-8",
+            b"ingestion rate limit exceeded for user fake (limit: 4194304 bytes/sec)\n",
+        ),
+        (500, "text/plain; charset=utf-8", b"internal server error\n"),
+        (503, "application/json", br#"{"error":"circuit open"}"#),
+    ];
+    for (status, ct, body) in expected {
+        let resp = http
+            .post(proxy.url(PUSH))
+            .header("content-type", "application/x-protobuf")
+            .body(promtail_fixture())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status);
+        if !ct.is_empty() {
+            assert_eq!(resp.headers()["content-type"], ct, "{status}");
+        }
+        assert_eq!(&resp.bytes().await.unwrap()[..], body, "{status}");
+    }
+}
+
+#[tokio::test]
+async fn unreachable_loki_is_502_and_stalled_loki_is_504() {
+    // A port nothing listens on: bind, note the port, close.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = Proxy::start("", &format!("http://{dead}"), Arc::new(CountOnly)).await;
+    let resp = client()
+        .post(proxy.url(PUSH))
+        .header("content-type", "application/x-protobuf")
+        .body(promtail_fixture())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert!(resp.text().await.unwrap().contains("unreachable"));
+
+    let loki = FakeLoki::start().await;
+    loki.script([Reply::Stall]);
+    let proxy = Proxy::start(
+        "upstream:\n  timeout: 300ms\n",
+        &loki.url(),
+        Arc::new(CountOnly),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let resp = client()
+        .post(proxy.url(PUSH))
+        .header("content-type", "application/x-protobuf")
+        .body(promtail_fixture())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "504 must come at the timeout, not later"
+    );
+}
+
+#[tokio::test]
+async fn body_over_the_cap_is_413_and_nothing_is_forwarded() {
+    let loki = FakeLoki::start().await;
+    let proxy = Proxy::start(
+        "limits:\n  max_body_bytes: 1KiB\n",
+        &loki.url(),
+        Arc::new(CountOnly),
+    )
+    .await;
+    let http = client();
+    // Declared too large by Content-Length.
+    let resp = http
+        .post(proxy.url(PUSH))
+        .header("content-type", "application/x-protobuf")
+        .body(vec![0u8; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    // Chunked, with no Content-Length: the cap applies while reading.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..8).map(|_| Ok(vec![1u8; 512])).collect();
+    let resp = http
+        .post(proxy.url(PUSH))
+        .header("content-type", "application/x-protobuf")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    // Exactly at the cap is forwarded.
+    let resp = http
+        .post(proxy.url(PUSH))
+        .header("content-type", "application/x-protobuf")
+        .body(vec![0u8; 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(
+        loki.requests().len(),
+        1,
+        "only the push within the cap reaches Loki"
+    );
+}
+
+#[tokio::test]
+async fn queries_and_other_loki_apis_are_reverse_proxied() {
+    let loki = FakeLoki::start().await;
+    let proxy = Proxy::start("", &loki.url(), Arc::new(CountOnly)).await;
+    let body = br#"{"status":"success","data":{"resultType":"streams","result":[]}}"#.to_vec();
+    loki.script([
+        Reply::Answer(200, "application/json", body.clone()),
+        Reply::text(404, "not found\n"),
+    ]);
+    let http = client();
+    let resp = http
+        .get(proxy.url("/loki/api/v1/query_range?query=%7Bjob%3D%22auth%22%7D&limit=10"))
+        .header("x-scope-orgid", "tenant-q")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    assert_eq!(resp.bytes().await.unwrap().to_vec(), body);
+    let got = &loki.requests()[0];
+    assert_eq!(got.method, "GET");
+    assert_eq!(got.uri.path(), "/loki/api/v1/query_range");
+    assert_eq!(
+        got.uri.query(),
+        Some("query=%7Bjob%3D%22auth%22%7D&limit=10")
+    );
+    assert_eq!(got.headers["x-scope-orgid"], "tenant-q");
+
+    let resp = http
+        .get(proxy.url("/loki/api/v1/labels"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "Loki's own 404 passes through");
+
+    // OTLP ingest is forwarded with its body.
+    let resp = http
+        .post(proxy.url("/otlp/v1/logs"))
+        .header("content-type", "application/x-protobuf")
+        .body(vec![1u8, 2, 3])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(loki.requests()[2].body.to_vec(), vec![1u8, 2, 3]);
+
+    // Paths outside Loki's API are logwarden's own 404 and never reach Loki.
+    let resp = http.get(proxy.url("/etc/passwd")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(loki.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn h2c_upstream_works() {
+    let loki = FakeLoki::start().await;
+    let proxy = Proxy::start(
+        "upstream:\n  http2: true\n",
+        &loki.url(),
+        Arc::new(CountOnly),
+    )
+    .await;
+    let resp = client()
+        .post(proxy.url(PUSH))
+        .header("content-type", "application/x-protobuf")
+        .body(promtail_fixture())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let got = loki.requests().pop().unwrap();
+    assert_eq!(got.version, http::Version::HTTP_2);
+    assert_eq!(got.body, promtail_fixture());
+}

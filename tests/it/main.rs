@@ -1,0 +1,8 @@
+//! Black-box tests of `logwarden serve` through real sockets on 127.0.0.1.
+
+mod support;
+
+mod forwarding;
+mod inspection;
+mod metrics;
+mod process;
