@@ -19,9 +19,11 @@
 pub mod config;
 pub mod decode;
 pub mod forward;
+pub mod incident;
 pub mod ingest;
 pub mod inspect;
 pub mod metrics;
+pub mod report;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
