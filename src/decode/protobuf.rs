@@ -9,6 +9,28 @@ use std::borrow::Cow;
 
 use super::{parse_labels, DecodeError, EntryView, PushView, StreamView};
 
+/// The scanner's own error: a static message, so `Result`s on the hot path stay two words wide.
+type Scan<T> = Result<T, ScanError>;
+
+#[derive(Debug)]
+enum ScanError {
+    Proto(&'static str),
+    Labels(super::LabelError),
+}
+
+impl From<ScanError> for DecodeError {
+    fn from(e: ScanError) -> Self {
+        match e {
+            ScanError::Proto(m) => DecodeError::Protobuf(m),
+            ScanError::Labels(l) => DecodeError::Labels(l),
+        }
+    }
+}
+
+fn err<T>(m: &'static str) -> Scan<T> {
+    Err(ScanError::Proto(m))
+}
+
 const WIRE_VARINT: u8 = 0;
 const WIRE_I64: u8 = 1;
 const WIRE_LEN: u8 = 2;
@@ -29,46 +51,46 @@ impl<'a> Reader<'a> {
     }
 
     #[inline]
-    fn varint(&mut self) -> Result<u64, DecodeError> {
+    fn varint(&mut self) -> Scan<u64> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
             let b = *self
                 .buf
                 .get(self.pos)
-                .ok_or(DecodeError::Protobuf("truncated varint"))?;
+                .ok_or(ScanError::Proto("truncated varint"))?;
             self.pos += 1;
             value |= u64::from(b & 0x7f) << shift;
             if b < 0x80 {
                 return Ok(value);
             }
         }
-        Err(DecodeError::Protobuf("varint longer than 10 bytes"))
+        err("varint longer than 10 bytes")
     }
 
     /// Reads a tag and returns (field number, wire type).
     #[inline]
-    fn tag(&mut self) -> Result<(u64, u8), DecodeError> {
+    fn tag(&mut self) -> Scan<(u64, u8)> {
         let key = self.varint()?;
         let field = key >> 3;
         if field == 0 {
-            return Err(DecodeError::Protobuf("field number 0"));
+            return err("field number 0");
         }
         Ok((field, (key & 7) as u8))
     }
 
     #[inline]
-    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+    fn bytes(&mut self) -> Scan<&'a [u8]> {
         let len = self.varint()?;
         let remaining = (self.buf.len() - self.pos) as u64;
         if len > remaining {
-            return Err(DecodeError::Protobuf("length exceeds message"));
+            return err("length exceeds message");
         }
         let start = self.pos;
         self.pos += len as usize;
         Ok(&self.buf[start..self.pos])
     }
 
-    fn skip(&mut self, wire: u8) -> Result<(), DecodeError> {
+    fn skip(&mut self, wire: u8) -> Scan<()> {
         let n = match wire {
             WIRE_VARINT => {
                 self.varint()?;
@@ -80,19 +102,19 @@ impl<'a> Reader<'a> {
             }
             WIRE_I64 => 8,
             WIRE_I32 => 4,
-            _ => return Err(DecodeError::Protobuf("unsupported wire type")),
+            _ => return err("unsupported wire type"),
         };
         if self.buf.len() - self.pos < n {
-            return Err(DecodeError::Protobuf("truncated fixed-width field"));
+            return err("truncated fixed-width field");
         }
         self.pos += n;
         Ok(())
     }
 
     /// Reads a LEN field when the wire type says so, else fails.
-    fn len_field(&mut self, wire: u8) -> Result<&'a [u8], DecodeError> {
+    fn len_field(&mut self, wire: u8) -> Scan<&'a [u8]> {
         if wire != WIRE_LEN {
-            return Err(DecodeError::Protobuf("unexpected wire type"));
+            return err("unexpected wire type");
         }
         self.bytes()
     }
@@ -100,6 +122,10 @@ impl<'a> Reader<'a> {
 
 /// Parses a decompressed `PushRequest`.
 pub(super) fn parse_push(buf: &[u8]) -> Result<PushView<'_>, DecodeError> {
+    Ok(scan_push(buf)?)
+}
+
+fn scan_push(buf: &[u8]) -> Scan<PushView<'_>> {
     let mut r = Reader::new(buf);
     let mut streams = Vec::new();
     while !r.done() {
@@ -112,10 +138,11 @@ pub(super) fn parse_push(buf: &[u8]) -> Result<PushView<'_>, DecodeError> {
     Ok(PushView { streams })
 }
 
-fn parse_stream(buf: &[u8]) -> Result<StreamView<'_>, DecodeError> {
+fn parse_stream(buf: &[u8]) -> Scan<StreamView<'_>> {
     let mut r = Reader::new(buf);
     let mut labels_raw: &[u8] = b"";
-    let mut entries = Vec::new();
+    // A guess from typical line sizes saves most regrowth; the bound is the buffer itself.
+    let mut entries = Vec::with_capacity(buf.len() / 128);
     while !r.done() {
         let (field, wire) = r.tag()?;
         match field {
@@ -124,15 +151,15 @@ fn parse_stream(buf: &[u8]) -> Result<StreamView<'_>, DecodeError> {
             _ => r.skip(wire)?,
         }
     }
-    let labels_str = std::str::from_utf8(labels_raw)
-        .map_err(|_| DecodeError::Protobuf("labels are not UTF-8"))?;
-    Ok(StreamView {
-        labels: parse_labels(labels_str)?,
-        entries,
-    })
+    let Ok(labels_str) = std::str::from_utf8(labels_raw) else {
+        return err("labels are not UTF-8");
+    };
+    let labels = parse_labels(labels_str).map_err(ScanError::Labels)?;
+    Ok(StreamView { labels, entries })
 }
 
-fn parse_entry(buf: &[u8]) -> Result<EntryView<'_>, DecodeError> {
+#[inline]
+fn parse_entry(buf: &[u8]) -> Scan<EntryView<'_>> {
     let mut r = Reader::new(buf);
     let mut entry = EntryView::default();
     while !r.done() {
@@ -149,7 +176,8 @@ fn parse_entry(buf: &[u8]) -> Result<EntryView<'_>, DecodeError> {
     Ok(entry)
 }
 
-fn parse_timestamp(buf: &[u8]) -> Result<i64, DecodeError> {
+#[inline]
+fn parse_timestamp(buf: &[u8]) -> Scan<i64> {
     let mut r = Reader::new(buf);
     let (mut seconds, mut nanos) = (0i64, 0i64);
     while !r.done() {
@@ -163,7 +191,7 @@ fn parse_timestamp(buf: &[u8]) -> Result<i64, DecodeError> {
     Ok(seconds.saturating_mul(1_000_000_000).saturating_add(nanos))
 }
 
-fn parse_label_pair(buf: &[u8]) -> Result<(Cow<'_, str>, Cow<'_, [u8]>), DecodeError> {
+fn parse_label_pair(buf: &[u8]) -> Scan<(Cow<'_, str>, Cow<'_, [u8]>)> {
     let mut r = Reader::new(buf);
     let (mut name, mut value): (&[u8], &[u8]) = (b"", b"");
     while !r.done() {
