@@ -50,6 +50,39 @@ pub struct RawConfig {
     pub limits: LimitsConfig,
     /// The inspection stage that decodes accepted pushes off the request path.
     pub inspect: InspectConfig,
+    /// How clients are served: connection limits and timeouts against slow or hostile clients.
+    pub server: ServerConfig,
+}
+
+/// Protection against slow, greedy or hostile clients.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Open client connections at most; past it new connections wait in the kernel's accept
+    /// backlog until one closes. Default 4096.
+    pub max_connections: usize,
+    /// Longest time a client may take to send its request headers (HTTP/1); the connection is
+    /// closed after it. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest time a client may take to send a request body; past it the request is answered
+    /// 408 and nothing is forwarded. Default 60s (Promtail gives up after 10 s).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Largest request head (request line and headers); larger heads get 431. Default 64KiB,
+    /// at least 8KiB.
+    pub max_header_bytes: ByteSize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            max_header_bytes: ByteSize(64 << 10),
+        }
+    }
 }
 
 /// Where and how to forward.
@@ -287,6 +320,24 @@ impl Config {
                 ),
             ));
         }
+        let srv = &raw.server;
+        if srv.max_connections == 0 {
+            return Err(ConfigError::new(
+                "server.max_connections",
+                "0 must be greater than zero",
+            ));
+        }
+        positive("server.header_read_timeout", srv.header_read_timeout)?;
+        positive("server.body_read_timeout", srv.body_read_timeout)?;
+        if srv.max_header_bytes.0 < 8192 {
+            return Err(ConfigError::new(
+                "server.max_header_bytes",
+                format!(
+                    "{} is too small (expected at least 8KiB)",
+                    srv.max_header_bytes.0
+                ),
+            ));
+        }
         let mut inspect = raw.inspect.clone();
         if inspect.workers == 0 {
             inspect.workers = std::thread::available_parallelism()
@@ -323,7 +374,13 @@ pub fn parse_yaml(text: &str) -> Result<RawConfig, ConfigError> {
         } else {
             path
         };
-        ConfigError::new(field, e.into_inner().to_string())
+        // serde_yaml_ng already prefixes some messages with the path; say it once.
+        let message = e.into_inner().to_string();
+        let message = message
+            .strip_prefix(&format!("{field}: "))
+            .unwrap_or(&message)
+            .to_owned();
+        ConfigError::new(field, message)
     })
 }
 

@@ -39,6 +39,8 @@ pub enum BodyError {
     TooLarge { limit: usize },
     /// The client went away or sent a malformed body.
     Read(String),
+    /// The client took longer than `server.body_read_timeout` to send the body.
+    Timeout,
 }
 
 impl BodyError {
@@ -47,6 +49,7 @@ impl BodyError {
         match self {
             BodyError::TooLarge { .. } => "too_large",
             BodyError::Read(_) => "body_read",
+            BodyError::Timeout => "body_timeout",
         }
     }
 }
@@ -62,6 +65,10 @@ impl IntoResponse for BodyError {
                 StatusCode::BAD_REQUEST,
                 format!("failed to read request body: {e}\n"),
             ),
+            BodyError::Timeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time\n".to_owned(),
+            ),
         };
         (
             status,
@@ -76,11 +83,13 @@ impl IntoResponse for BodyError {
 /// `Content-Length` first, so an oversized push is refused before it is read).
 ///
 /// # Errors
-/// [`BodyError::TooLarge`] over the cap, [`BodyError::Read`] when the body stream fails.
+/// [`BodyError::TooLarge`] over the cap, [`BodyError::Timeout`] when the client is too slow,
+/// [`BodyError::Read`] when the body stream fails.
 pub async fn read_body_capped(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
+    timeout: std::time::Duration,
 ) -> Result<Bytes, BodyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -89,7 +98,11 @@ pub async fn read_body_capped(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(BodyError::TooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
+    let Ok(collected) = collected else {
+        return Err(BodyError::Timeout);
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             Err(BodyError::TooLarge { limit })
@@ -110,7 +123,7 @@ pub async fn push(State(app): State<App>, request: Request) -> Response {
     );
     let metrics = app.metrics();
     async {
-        let body = match read_body_capped(&parts.headers, body, app.config().max_body_bytes).await {
+        let body = match read_body_capped(&parts.headers, body, app.config().max_body_bytes, app.config().raw.server.body_read_timeout).await {
             Ok(b) => b,
             Err(e) => {
                 metrics.push_rejected.with_label_values(&[e.reason()]).inc();

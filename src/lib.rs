@@ -181,26 +181,21 @@ pub async fn serve(
     timings: ShutdownTimings,
 ) -> anyhow::Result<()> {
     let router = server::app(app.clone());
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal_app = app.clone();
     let signal = async move {
         shutdown.await;
         signal_app.inner.ready.store(false, Ordering::Relaxed);
         tracing::info!("shutdown requested, finishing in-flight requests");
-        let _ = stopping_tx.send(());
     };
-    let server = std::future::IntoFuture::into_future(
-        axum::serve(listener, router).with_graceful_shutdown(signal),
-    );
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => result?,
-        _ = stopping_rx => {
-            if tokio::time::timeout(timings.grace, &mut server).await.is_err() {
-                tracing::warn!(grace = ?timings.grace, "in-flight requests did not finish within the grace period");
-            }
-        }
-    }
+    server::serve_connections(
+        listener,
+        router,
+        &app.inner.config.raw.server,
+        app.inner.metrics.connections.clone(),
+        signal,
+        timings.grace,
+    )
+    .await?;
     if !app.inner.inspector.shutdown(timings.drain).await {
         tracing::warn!("inspection queue not fully drained at shutdown");
     }

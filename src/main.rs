@@ -139,18 +139,18 @@ fn serve(args: ServeArgs) -> ExitCode {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-        tracing::info!(
-            listen = %listener.local_addr()?,
-            upstream = %config.upstream_url,
-            "logwarden serving"
-        );
+        let upstream = config.upstream_url.clone();
         let app = App::try_new(config, Arc::new(CountOnly))?;
+        // Signal handlers go in before "serving" is announced: a signal that arrives early must
+        // not meet the default action (termination).
         let reload_app = app.clone();
         let config_path = args.config.clone();
         logwarden::shutdown::spawn_reload_listener(move || {
             reload(&reload_app, config_path.as_deref(), &overrides)
         });
-        logwarden::serve(app, listener, logwarden::shutdown::signal(), timings).await
+        let shutdown = logwarden::shutdown::signal();
+        tracing::info!(listen = %listener.local_addr()?, %upstream, "logwarden serving");
+        logwarden::serve(app, listener, shutdown, timings).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -144,6 +144,8 @@ pub struct ProxyMetrics {
     pub inspect_depth: IntGauge,
     /// `logwarden_inspect_duration_seconds`: decode + detection time per push.
     pub inspect_duration: Histogram,
+    /// `logwarden_connections_open`: client connections being served.
+    pub connections: IntGauge,
     /// Bounded tenant label values.
     pub tenants: TenantLabels,
 }
@@ -222,6 +224,11 @@ impl ProxyMetrics {
                 "logwarden_inspect_duration_seconds",
                 "Time to decode and inspect one push.",
                 LATENCY_BUCKETS,
+            ),
+            connections: gauge(
+                registry,
+                "logwarden_connections_open",
+                "Client connections being served.",
             ),
             tenants: TenantLabels::new(max_tenants),
         };

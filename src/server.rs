@@ -71,7 +71,14 @@ async fn proxy(State(app): State<App>, mut request: Request) -> Response {
     let (parts, body) = request.into_parts();
     // Query and OTLP request bodies are small; buffering them (capped) lets the upstream request
     // carry an exact Content-Length like the client's.
-    let body = match read_body_capped(&parts.headers, body, app.config().max_body_bytes).await {
+    let body = match read_body_capped(
+        &parts.headers,
+        body,
+        app.config().max_body_bytes,
+        app.config().raw.server.body_read_timeout,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
@@ -147,4 +154,81 @@ fn upgrade_response(
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     response
+}
+
+/// Accepts connections until `shutdown` resolves, then lets in-flight requests finish for at
+/// most `grace`. Applies the `server:` limits: a connection cap (new connections wait in the
+/// kernel backlog), a header read timeout and a request-head size cap.
+///
+/// # Errors
+/// Never for a failed accept (logged and retried); only if the listener itself is unusable.
+pub async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    settings: &crate::config::ServerConfig,
+    connections: prometheus::IntGauge,
+    shutdown: impl std::future::Future<Output = ()>,
+    grace: std::time::Duration,
+) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+    use std::sync::Arc;
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(usize::try_from(settings.max_header_bytes.0).unwrap_or(usize::MAX));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_header_bytes.0).unwrap_or(u32::MAX));
+    let limit = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
+    let graceful = GracefulShutdown::new();
+    let service = TowerToHyperService::new(router);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&limit).acquire_owned() => p.expect("the connection semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service.clone());
+        let conn = graceful.watch(conn.into_owned());
+        let gauge = connections.clone();
+        gauge.inc();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            gauge.dec();
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "in-flight requests did not finish within the grace period"
+        );
+    }
+    Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod abuse;
 mod forwarding;
 mod inspection;
 mod metrics;
