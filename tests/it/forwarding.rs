@@ -340,3 +340,42 @@ async fn h2c_upstream_works() {
     assert_eq!(got.version, http::Version::HTTP_2);
     assert_eq!(got.body, promtail_fixture());
 }
+
+#[tokio::test]
+async fn tail_websocket_upgrade_is_spliced_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let loki = FakeLoki::start().await;
+    let proxy = Proxy::start("", &loki.url(), Arc::new(CountOnly)).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"GET /loki/api/v1/tail?query=%7Bjob%3D%22auth%22%7D HTTP/1.1\r\nHost: x\r\n\
+Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(head.contains("sec-websocket-accept: fake"), "{head}");
+    // Bytes flow both ways through the spliced connection.
+    s.write_all(b"frame-1").await.unwrap();
+    let mut echoed = [0u8; 7];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed, b"frame-1");
+    let got = &loki.requests()[0];
+    assert_eq!(got.uri.path(), "/loki/api/v1/tail");
+    assert_eq!(got.headers["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+}

@@ -99,7 +99,37 @@ impl Drop for FakeLoki {
     }
 }
 
-async fn record(State(state): State<FakeState>, request: Request) -> Response {
+async fn record(State(state): State<FakeState>, mut request: Request) -> Response {
+    // A WebSocket-style upgrade (Loki's /tail): answer 101 and echo bytes back.
+    if request.headers().contains_key(http::header::UPGRADE) {
+        state.requests.lock().unwrap().push(Recorded {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+            body: Bytes::new(),
+        });
+        let on_upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                let mut buf = [0u8; 1024];
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(http::header::CONNECTION, "upgrade")
+            .header(http::header::UPGRADE, "websocket")
+            .header("sec-websocket-accept", "fake")
+            .body(axum::body::Body::empty())
+            .unwrap();
+    }
     let (parts, body) = request.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
     state.requests.lock().unwrap().push(Recorded {
