@@ -149,8 +149,16 @@ pub struct InspectConfig {
     /// Pushes waiting for inspection; when full, inspection (never forwarding) is shed and
     /// counted in `logwarden_inspect_queue_dropped_total`. Default 1024.
     pub queue_capacity: usize,
-    /// Inspection worker threads; 0 means one per CPU. Default 0.
+    /// Body bytes (as sent) waiting for inspection at most; past it inspection is shed like
+    /// with a full queue. Bounds the memory a burst of large pushes can hold. Default 64MiB.
+    pub queue_bytes: ByteSize,
+    /// Inspection worker threads; 0 means one per CPU but one, leaving a core for forwarding.
+    /// Default 0.
     pub workers: usize,
+    /// Niceness added to the inspection threads (Linux), so that under CPU contention
+    /// forwarding is served first and inspection sheds instead; 0 keeps normal priority.
+    /// Default 5.
+    pub nice: i32,
     /// Tenant assumed when a push has no `X-Scope-OrgID` (Loki's `no_auth_tenant`). Default `fake`.
     pub default_tenant: String,
     /// Distinct tenants given their own metric label value; the rest share `_other`. Default 100.
@@ -161,7 +169,9 @@ impl Default for InspectConfig {
     fn default() -> Self {
         InspectConfig {
             queue_capacity: 1024,
+            queue_bytes: ByteSize(64 << 20),
             workers: 0,
+            nice: 5,
             default_tenant: "fake".to_owned(),
             max_metric_tenants: 100,
         }
@@ -338,11 +348,16 @@ impl Config {
                 ),
             ));
         }
+        if !(0..=19).contains(&raw.inspect.nice) {
+            return Err(ConfigError::new(
+                "inspect.nice",
+                format!("{} is out of range (expected 0 to 19)", raw.inspect.nice),
+            ));
+        }
         let mut inspect = raw.inspect.clone();
         if inspect.workers == 0 {
-            inspect.workers = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2);
+            let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+            inspect.workers = cpus.saturating_sub(1).max(1);
         }
         Ok(Config {
             listen,

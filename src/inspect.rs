@@ -7,7 +7,7 @@
 //! the forwarding, and counts it. The request path never waits here: [`Inspector::offer`] is a
 //! `try_send`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -59,26 +59,37 @@ pub struct Inspector {
     workers: std::sync::Mutex<Vec<JoinHandle<()>>>,
     metrics: ProxyMetrics,
     dropped_since_log: AtomicU64,
+    /// Body bytes waiting in the queue, bounded by `max_queued_bytes`.
+    queued_bytes: Arc<AtomicUsize>,
+    max_queued_bytes: usize,
 }
 
 impl Inspector {
-    /// Starts `workers` threads reading a queue of `capacity` pushes.
+    /// Starts `workers` threads, niced by `nice` (Linux), reading a queue of at most `capacity`
+    /// pushes and `max_queued_bytes` body bytes.
     pub fn start(
         capacity: usize,
+        max_queued_bytes: usize,
         workers: usize,
+        nice: i32,
         limits: DecodeLimits,
         metrics: ProxyMetrics,
         inspector: Arc<dyn PushInspector>,
     ) -> Arc<Self> {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let handles = (0..workers.max(1))
             .map(|i| {
                 let rx: Receiver<Job> = rx.clone();
                 let metrics = metrics.clone();
                 let inspector = Arc::clone(&inspector);
+                let queued_bytes = Arc::clone(&queued_bytes);
                 std::thread::Builder::new()
                     .name(format!("inspect-{i}"))
-                    .spawn(move || worker(rx, limits, metrics, inspector))
+                    .spawn(move || {
+                        lower_priority(nice);
+                        worker(rx, limits, metrics, inspector, &queued_bytes)
+                    })
                     .expect("spawning an inspection thread")
             })
             .collect();
@@ -87,14 +98,31 @@ impl Inspector {
             workers: std::sync::Mutex::new(handles),
             metrics,
             dropped_since_log: AtomicU64::new(0),
+            queued_bytes,
+            max_queued_bytes,
         })
     }
 
     /// Queues a push for inspection without waiting; a full queue sheds it and counts the drop.
     pub fn offer(&self, inspection: Inspection) {
-        match self.tx.try_send(Job::Inspect(Box::new(inspection))) {
+        let n = inspection.body.len();
+        let over_budget = self.queued_bytes.fetch_add(n, Ordering::Relaxed) + n > self.max_queued_bytes
+            // An empty queue always takes one push, however large, so big pushes are not starved.
+            && !self.tx.is_empty();
+        let sent = if over_budget {
+            Err(TrySendError::Full(()))
+        } else {
+            self.tx
+                .try_send(Job::Inspect(Box::new(inspection)))
+                .map_err(|e| match e {
+                    TrySendError::Full(_) => TrySendError::Full(()),
+                    TrySendError::Disconnected(_) => TrySendError::Disconnected(()),
+                })
+        };
+        match sent {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Err(_) => {
+                self.queued_bytes.fetch_sub(n, Ordering::Relaxed);
                 self.metrics.inspect_dropped.inc();
                 // One WARN per burst of drops, not one per push.
                 if self.dropped_since_log.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -142,11 +170,27 @@ impl Inspector {
     }
 }
 
+/// Lowers the calling thread's scheduling priority, so forwarding threads win under contention.
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // On Linux, niceness is per thread: setpriority(PRIO_PROCESS, tid) changes this thread.
+        let tid = rustix::thread::gettid();
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), nice) {
+            tracing::debug!(error = %e, nice, "could not lower the inspection thread's priority");
+        }
+    }
+}
+
 fn worker(
     rx: Receiver<Job>,
     limits: DecodeLimits,
     metrics: ProxyMetrics,
     inspector: Arc<dyn PushInspector>,
+    queued_bytes: &AtomicUsize,
 ) {
     while let Ok(job) = rx.recv() {
         let Job::Inspect(job) = job else { return };
@@ -155,6 +199,7 @@ fn worker(
             tracing::info_span!(parent: &job.span, "inspect", bytes = job.body.len()).entered();
         let started = Instant::now();
         inspect_one(&job, limits, &metrics, inspector.as_ref());
+        queued_bytes.fetch_sub(job.body.len(), Ordering::Relaxed);
         metrics
             .inspect_duration
             .observe(started.elapsed().as_secs_f64());

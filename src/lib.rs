@@ -22,6 +22,7 @@ pub mod forward;
 pub mod incident;
 pub mod ingest;
 pub mod inspect;
+pub mod loadgen;
 pub mod metrics;
 pub mod report;
 pub mod server;
@@ -83,7 +84,9 @@ impl App {
         };
         let inspector = Inspector::start(
             config.inspect.queue_capacity,
+            usize::try_from(config.inspect.queue_bytes.0).unwrap_or(usize::MAX),
             config.inspect.workers,
+            config.inspect.nice,
             limits,
             metrics.clone(),
             push_inspector,

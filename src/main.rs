@@ -30,6 +30,8 @@ struct Cli {
 enum Command {
     /// Run the push proxy: forward pushes to Loki unchanged and inspect them.
     Serve(ServeArgs),
+    /// Push synthetic log batches the way Promtail does (load, soak and fault tests).
+    Loadgen(logwarden::loadgen::LoadgenArgs),
     /// Validate a configuration file and exit (non-zero with the reason when it is invalid).
     CheckConfig {
         /// The YAML configuration file.
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
             Err(e) => config_error(&e),
         },
         Command::Serve(args) => serve(args),
+        Command::Loadgen(args) => loadgen(args),
     }
 }
 
@@ -91,6 +94,38 @@ fn reload(app: &App, path: Option<&std::path::Path>, overrides: &Overrides) {
             tracing::error!(error = %e, file = %path.display(), "configuration reload rejected, keeping the running configuration")
         }
     }
+}
+
+fn loadgen(args: logwarden::loadgen::LoadgenArgs) -> ExitCode {
+    let env = |k: &str| std::env::var(k).ok();
+    let _telemetry = telemetry::init(LogFormat::Human, &env);
+    let json = args.json;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
+    let summary = match runtime
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r.block_on(logwarden::loadgen::run(args)))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("logwarden loadgen: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&summary).expect("summary serializes")
+        );
+    } else {
+        println!("{}", logwarden::loadgen::format_summary(&summary));
+    }
+    if summary.lost_lines() {
+        eprintln!("logwarden loadgen: lines were lost (dropped or retries exhausted)");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }
 
 fn config_error(e: &ConfigError) -> ExitCode {

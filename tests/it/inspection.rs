@@ -110,3 +110,20 @@ async fn full_inspection_queue_sheds_inspection_not_forwarding() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn queued_body_bytes_are_bounded() {
+    let loki = FakeLoki::start().await;
+    // Room for one fixture (7317 bytes) waiting; the worker is busy with the first.
+    let proxy = Proxy::start(
+        "inspect:\n  workers: 1\n  queue_capacity: 100\n  queue_bytes: 8000\n",
+        &loki.url(),
+        Arc::new(Slow),
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(push(&proxy, "t").await, 204);
+    }
+    let dropped = proxy.app.metrics().inspect_dropped.get();
+    assert!((2..=3).contains(&dropped), "dropped {dropped}");
+}

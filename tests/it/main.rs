@@ -5,5 +5,6 @@ mod support;
 mod abuse;
 mod forwarding;
 mod inspection;
+mod loadgen;
 mod metrics;
 mod process;

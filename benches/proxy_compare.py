@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Forwarding cost of logwarden against the anchors, measured in one run on this machine.
+
+    python3 benches/proxy_compare.py [--duration 10] [--out FILE.md] [--config logwarden.yml]
+
+Targets, all on 127.0.0.1:
+  sink       loadgen -> a sink (nginx answering 204 to everything)
+  nginx      loadgen -> nginx proxy_pass (request buffering on, upstream keep-alive) -> sink
+  logwarden  loadgen -> logwarden serve (inspecting every push) -> sink
+
+For each target, 64 KiB and 1 MiB pushes (line bytes, snappy protobuf) at concurrency 1 and 8:
+requests/s, MB/s (line bytes), p50/p99 latency, CPU seconds of the proxy per GB of log lines,
+and the proxy's peak RSS. Needs nginx (Debian package) and a release build
+(`cargo build --release`). Prints a Markdown table (and writes it to --out).
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "logwarden")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listens on {port}")
+
+
+def nginx_conf(work, name, body):
+    path = os.path.join(work, f"{name}.conf")
+    with open(path, "w") as f:
+        f.write(f"""
+worker_processes auto;
+daemon off;
+pid {work}/{name}.pid;
+error_log {work}/{name}.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_max_body_size 200m;
+  client_body_buffer_size 2m;
+  client_body_temp_path {work}/{name}-body;
+  proxy_temp_path {work}/{name}-proxy;
+  fastcgi_temp_path {work}/{name}-fcgi;
+  uwsgi_temp_path {work}/{name}-uwsgi;
+  scgi_temp_path {work}/{name}-scgi;
+  keepalive_requests 100000;
+  {body}
+}}
+""")
+    return path
+
+
+def children(pid):
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except OSError:
+            pass
+    return total / TICK
+
+
+def peak_rss_mib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def inspected_lines(port):
+    """Sum of logwarden_push_lines_total (lines logwarden decoded and inspected)."""
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("logwarden_push_lines_total{"))
+
+
+def loadgen(url, batch, conc, duration):
+    cmd = [BIN, "loadgen", "--url", url, "--duration", f"{duration}s", "--batch-bytes", str(batch),
+           "--concurrency", str(conc), "--prebuilt", "16", "--json", "--max-retries", "0"]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"loadgen failed: {out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--out")
+    ap.add_argument("--config", help="logwarden config file (default: embedded defaults)")
+    args = ap.parse_args()
+    if not shutil.which("nginx"):
+        sys.exit("nginx is required (apt-get install nginx)")
+    if not os.path.exists(BIN):
+        sys.exit("build first: cargo build --release")
+    work = tempfile.mkdtemp(prefix="lw-bench-")
+    sink_port, nginx_port, lw_port = free_port(), free_port(), free_port()
+    procs = []
+    try:
+        sink = subprocess.Popen(["nginx", "-c", nginx_conf(work, "sink", f"""
+  server {{ listen 127.0.0.1:{sink_port}; location / {{ return 204; }} }}""")])
+        procs.append(sink)
+        proxy = subprocess.Popen(["nginx", "-c", nginx_conf(work, "proxy", f"""
+  upstream sink {{ server 127.0.0.1:{sink_port}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{nginx_port};
+    location / {{
+      proxy_pass http://sink;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_request_buffering on;
+    }}
+  }}""")])
+        procs.append(proxy)
+        lw_cmd = [BIN, "serve", "--listen", f"127.0.0.1:{lw_port}", "--upstream", f"http://127.0.0.1:{sink_port}"]
+        if args.config:
+            lw_cmd += ["--config", args.config]
+        lw = subprocess.Popen(lw_cmd, env={**os.environ, "RUST_LOG": "warn"})
+        procs.append(lw)
+        for p in (sink_port, nginx_port, lw_port):
+            wait_port(p)
+        targets = [
+            ("sink", f"http://127.0.0.1:{sink_port}/loki/api/v1/push", []),
+            ("nginx", f"http://127.0.0.1:{nginx_port}/loki/api/v1/push", [proxy.pid] + children(proxy.pid)),
+            ("logwarden", f"http://127.0.0.1:{lw_port}/loki/api/v1/push", [lw.pid]),
+        ]
+        rows = []
+        for batch in (64 << 10, 1 << 20):
+            for conc in (1, 8):
+                for name, url, pids in targets:
+                    cpu0 = cpu_seconds(pids)
+                    seen0 = inspected_lines(lw_port) if name == "logwarden" else 0
+                    s = loadgen(url, batch, conc, args.duration)
+                    if name == "logwarden":
+                        time.sleep(1)  # let queued inspections finish
+                    cpu = cpu_seconds(pids) - cpu0
+                    inspected = (inspected_lines(lw_port) - seen0) / max(s["lines_acked"], 1) if name == "logwarden" else None
+                    gb = s["line_bytes_acked"] / 1e9
+                    rows.append({
+                        "target": name, "push": "64 KiB" if batch < (1 << 20) else "1 MiB", "conc": conc,
+                        "rps": s["requests_per_second"], "mbs": s["line_bytes_acked"] / s["elapsed_seconds"] / 1e6,
+                        "p50": s["latency_p50_ms"], "p99": s["latency_p99_ms"],
+                        "cpu_per_gb": (cpu / gb) if pids and gb > 0 else None,
+                        "rss": peak_rss_mib(pids) if pids else None,
+                        "inspected": inspected,
+                    })
+                    print(json.dumps(rows[-1]), file=sys.stderr)
+        lines = ["| push | conc | target | req/s | MB/s (lines) | p50 ms | p99 ms | CPU s/GB | peak RSS MiB | inspected |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            cpu = f"{r['cpu_per_gb']:.2f}" if r["cpu_per_gb"] is not None else "–"
+            rss = f"{r['rss']:.0f}" if r["rss"] is not None else "–"
+            lines.append(f"| {r['push']} | {r['conc']} | {r['target']} | {r['rps']:.0f} | {r['mbs']:.0f} | "
+                         f"{r['p50']:.2f} | {r['p99']:.2f} | {cpu} | {rss} | "
+                         + (f"{100 * r['inspected']:.0f} %" if r["inspected"] is not None else "–") + " |")
+        table = "\n".join(lines)
+        print(table)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(table + "\n")
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
