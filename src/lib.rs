@@ -3,3 +3,6 @@
 #![deny(rust_2018_idioms)]
 
 pub mod decode;
+pub mod detect;
+pub mod incident;
+pub mod scan;
