@@ -17,6 +17,7 @@ pub mod window;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -29,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use self::extract::{AccessLine, SyslogHeader};
 use self::rule::{ParserKind, Rule, RuleFile};
-use self::state::{hash_bytes, hash_str, KeptLine, KeyMap, KeyState, Outcome};
+use self::state::{hash_bytes, hash_str, KeyMap, KeyState, NewSample, Outcome};
 use crate::decode::{labels::push_quoted, Labels, PushView};
 use crate::incident::{EventTime, Incident, IncidentSink, Sample};
 
@@ -341,6 +342,8 @@ impl Compiled {
             Some(
                 AhoCorasick::builder()
                     .match_kind(MatchKind::Standard)
+                    // A full DFA: the one pass over every line is the hot loop.
+                    .kind(Some(aho_corasick::AhoCorasickKind::DFA))
                     .build(&patterns)
                     .map_err(|e| DetectError::Rule {
                         location: "rule set".into(),
@@ -774,12 +777,19 @@ impl Batch<'_> {
                 }
             }
         }
-        if self.touched.is_empty() && compiled.always.is_empty() {
+        // Rules without literals are access-log rules: skip them on lines without the shape
+        // `… [time] "request" …` before paying for UTF-8 validation and parsing.
+        let always = !compiled.always.is_empty() && memchr::memmem::find(line, b"] \"").is_some();
+        if self.touched.is_empty() && !always {
             return;
         }
-        self.touched.extend_from_slice(&compiled.always);
-        self.touched.sort_unstable();
-        self.touched.dedup();
+        if always {
+            self.touched.extend_from_slice(&compiled.always);
+        }
+        if self.touched.len() > 1 {
+            self.touched.sort_unstable();
+            self.touched.dedup();
+        }
         let text: Cow<'_, str> = String::from_utf8_lossy(line);
         let mut view = LineView {
             text: &text,
@@ -799,7 +809,7 @@ impl Batch<'_> {
                 && self.none_gen[ri] != generation
                 && self.stream_ok[ri];
             if gated {
-                self.eval_rule(&compiled, ri, &mut view, t_ms, ts_ns, line, on_match);
+                self.eval_rule(&compiled, ri, &mut view, t_ms, ts_ns, on_match);
             }
         }
         self.touched = touched;
@@ -814,20 +824,15 @@ impl Batch<'_> {
         view: &mut LineView<'t>,
         t_ms: i64,
         ts_ns: i64,
-        line: &[u8],
         on_match: &mut dyn FnMut(LineMatch<'_>),
     ) {
         let rule = &compiled.rules[ri];
         match rule.parser {
-            Some(ParserKind::Access) => {
-                if view.access().is_none() {
-                    return;
-                }
-            }
+            Some(ParserKind::Access) if view.access().is_none() => return,
             Some(ParserKind::Syslog) => {
                 view.syslog();
             }
-            None => {}
+            _ => {}
         }
         let text = view.text;
         let caps = if rule.regexes.is_empty() {
@@ -858,8 +863,12 @@ impl Batch<'_> {
                 return;
             }
         }
-        // Build the key: fields joined by ','; `ip` fields normalised (addresses or host names).
+        // Build `tenant \x1f key`: fields joined by ','; `ip` fields normalised (addresses or
+        // host names). Written into a reused buffer: no allocation for a key already tracked.
         self.key_buf.clear();
+        self.key_buf.push_str(&self.tenant);
+        self.key_buf.push(TENANT_SEP);
+        let prefix = self.key_buf.len();
         let mut key_ok = true;
         let mut allowlisted = false;
         for (i, f) in rule.key.iter().enumerate() {
@@ -868,21 +877,21 @@ impl Batch<'_> {
             }
             match view.get(&f.name, caps.as_ref(), &labels) {
                 Some(v) if f.name == "ip" || f.name.ends_with("_ip") => {
-                    match extract::normalize_source(&v) {
-                        Some(n) => {
-                            if let Some(ip) = extract::parse_ip(&n) {
-                                allowlisted |=
-                                    compiled.allowlist.iter().any(|net| net.contains(&ip));
-                            }
-                            self.key_buf.push_str(&n);
-                        }
-                        None => key_ok = false,
+                    if let Some(ip) = extract::parse_ip(&v) {
+                        allowlisted |= compiled.allowlist.iter().any(|net| net.contains(&ip));
+                        let _ = write!(self.key_buf, "{ip}");
+                    } else if let Some(host) = extract::normalize_source(&v) {
+                        self.key_buf.push_str(&host);
+                    } else {
+                        key_ok = false;
                     }
                 }
                 Some(v) if !v.is_empty() => self
                     .key_buf
                     .extend(v.chars().filter(|c| !c.is_control()).take(128)),
-                _ => key_ok = false,
+                // An attack needs a source to be counted; other missing parts group as "-".
+                _ if f.name == "ip" || f.name.ends_with("_ip") => key_ok = false,
+                _ => self.key_buf.push('-'),
             }
         }
         allowlisted &= !rule.include_allowlisted;
@@ -896,25 +905,22 @@ impl Batch<'_> {
         if rule.line_signal {
             on_match(LineMatch {
                 rule: &rule.id,
-                key: key_ok.then_some(self.key_buf.as_str()),
+                key: key_ok.then_some(&self.key_buf[prefix..]),
                 allowlisted,
             });
         }
         if !key_ok || allowlisted || (rule.distinct.is_some() && value.is_none()) {
             return;
         }
-        let kept = KeptLine {
+        let kept = NewSample {
             ts_ns,
-            line: truncate(&String::from_utf8_lossy(line), compiled.max_sample_bytes).into(),
+            line: truncate(view.text, compiled.max_sample_bytes),
             labels,
-            value: value.as_deref().map(Into::into),
+            value: value.as_deref(),
         };
         let value_hash = value
             .as_deref()
             .map(|v| (self.detector.value_hasher.hash_one(v), v));
-        let key_len = self.key_buf.len();
-        self.key_buf.insert(0, TENANT_SEP);
-        self.key_buf.insert_str(0, &self.tenant);
         let map = &compiled.states[ri];
         let outcome = if let Some(mut state) = map.get_mut(self.key_buf.as_str()) {
             state.record(rule, t_ms, value_hash, kept, compiled.samples_per_key)
@@ -938,7 +944,6 @@ impl Batch<'_> {
         if outcome == Outcome::EmitDue {
             self.fired.push((ri as u32, self.key_buf.as_str().into()));
         }
-        debug_assert!(self.key_buf.len() >= key_len);
     }
 
     /// Emits the incidents that fired in this batch (with the evidence of the whole batch),

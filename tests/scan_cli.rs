@@ -18,11 +18,18 @@ fn scan(args: &[&str], stdin: Option<&str>) -> (String, String, bool) {
     input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
     drop(input);
     let out = child.wait_with_output().unwrap();
-    (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap(), out.status.success())
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+        out.status.success(),
+    )
 }
 
 fn incidents(stdout: &str) -> Vec<serde_json::Value> {
-    stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -31,7 +38,12 @@ fn examples_give_the_expected_incidents_and_nothing_about_ordinary_traffic() {
     assert!(ok, "{err}");
     let got: Vec<(String, String)> = incidents(&out)
         .iter()
-        .map(|i| (i["rule"].as_str().unwrap().to_owned(), i["key"].as_str().unwrap().to_owned()))
+        .map(|i| {
+            (
+                i["rule"].as_str().unwrap().to_owned(),
+                i["key"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     for expected in [
         ("ssh-brute-force", "203.0.113.42"),
@@ -41,15 +53,36 @@ fn examples_give_the_expected_incidents_and_nothing_about_ordinary_traffic() {
         ("web-sql-injection", "203.0.113.99"),
         ("oom-kill", "db1"),
     ] {
-        assert!(got.iter().any(|(r, k)| (r.as_str(), k.as_str()) == expected), "missing {expected:?} in {got:?}");
+        assert!(
+            got.iter()
+                .any(|(r, k)| (r.as_str(), k.as_str()) == expected),
+            "missing {expected:?} in {got:?}"
+        );
     }
     // Ordinary clients (198.51.100.x in the examples) never appear as a key.
-    assert!(got.iter().all(|(_, k)| !k.starts_with("198.51.100.")), "{got:?}");
+    assert!(
+        got.iter().all(|(_, k)| !k.starts_with("198.51.100.")),
+        "{got:?}"
+    );
     let first = &incidents(&out)[0];
-    for field in ["id", "rule", "severity", "key", "count", "first_seen", "last_seen", "labels", "samples", "logql"] {
+    for field in [
+        "id",
+        "rule",
+        "severity",
+        "key",
+        "count",
+        "first_seen",
+        "last_seen",
+        "labels",
+        "samples",
+        "logql",
+    ] {
         assert!(!first[field].is_null(), "incident lacks {field}: {first}");
     }
-    assert!(first["labels"]["filename"].as_str().unwrap().starts_with("examples/"));
+    assert!(first["labels"]["filename"]
+        .as_str()
+        .unwrap()
+        .starts_with("examples/"));
     assert!(err.contains("scanned 1378 lines in 6 file(s)"), "{err}");
 }
 
@@ -57,9 +90,15 @@ fn examples_give_the_expected_incidents_and_nothing_about_ordinary_traffic() {
 fn text_report_is_readable() {
     let (out, _, ok) = scan(&["examples/auth.log"], None);
     assert!(ok);
-    assert!(out.contains("[HIGH] ssh-brute-force: Repeated failed SSH logins from one source"), "{out}");
+    assert!(
+        out.contains("[HIGH] ssh-brute-force: Repeated failed SSH logins from one source"),
+        "{out}"
+    );
     assert!(out.contains("key 203.0.113.42 (ip), 24 events"), "{out}");
-    assert!(out.contains(r#"logql: {filename="examples/auth.log"} |= "203.0.113.42""#), "{out}");
+    assert!(
+        out.contains(r#"logql: {filename="examples/auth.log"} |= "203.0.113.42""#),
+        "{out}"
+    );
 }
 
 #[test]
@@ -71,8 +110,12 @@ fn emit_matches_prints_one_object_per_line_and_rule() {
     assert!(ok, "{err}");
     let rows = incidents(&out);
     assert!(rows.iter().all(|r| r["source"] == "-"));
-    assert!(rows.iter().any(|r| r["line"] == 2 && r["rule"] == "ssh-brute-force" && r["key"] == "192.0.2.9"));
-    assert!(rows.iter().any(|r| r["line"] == 3 && r["rule"] == "ssh-brute-force" && r["key"].is_null()));
+    assert!(rows
+        .iter()
+        .any(|r| r["line"] == 2 && r["rule"] == "ssh-brute-force" && r["key"] == "192.0.2.9"));
+    assert!(rows
+        .iter()
+        .any(|r| r["line"] == 3 && r["rule"] == "ssh-brute-force" && r["key"].is_null()));
     assert!(!rows.iter().any(|r| r["line"] == 1), "{out}");
 }
 
@@ -82,11 +125,29 @@ fn no_builtin_with_user_rules_and_bad_rules() {
     let rules = dir.path().join("r.yml");
     std::fs::write(&rules, "rules:\n  - id: teapot\n    severity: low\n    match: {any: [teapot]}\n    aggregate: {threshold: 1, window: 1s, cooldown: 1s}\n").unwrap();
     let r = rules.to_str().unwrap();
-    let (out, _, ok) = scan(&["--no-builtin", "--rules", r, "--emit", "matches", "--format", "json", "-"], Some("I am a teapot\nFailed password for root from 192.0.2.9 port 2 ssh2\n"));
+    let (out, _, ok) = scan(
+        &[
+            "--no-builtin",
+            "--rules",
+            r,
+            "--emit",
+            "matches",
+            "--format",
+            "json",
+            "-",
+        ],
+        Some("I am a teapot\nFailed password for root from 192.0.2.9 port 2 ssh2\n"),
+    );
     assert!(ok);
-    assert_eq!(out.trim(), r#"{"key":"","line":1,"rule":"teapot","source":"-"}"#);
+    assert_eq!(
+        out.trim(),
+        r#"{"key":"","line":1,"rule":"teapot","source":"-"}"#
+    );
     std::fs::write(&rules, "rules:\n  - id: teapot\n    severity: urgent\n").unwrap();
     let (_, err, ok) = scan(&["--rules", r, "-"], Some(""));
     assert!(!ok);
-    assert!(err.contains("detect.rules[0]") && err.contains("severity"), "{err}");
+    assert!(
+        err.contains("detect.rules[0]") && err.contains("severity"),
+        "{err}"
+    );
 }

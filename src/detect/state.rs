@@ -21,13 +21,26 @@ const MAX_COUNTED_VALUES: usize = 1024;
 /// One rule's keys: `tenant \x1f key` → state.
 pub type KeyMap = DashMap<Box<str>, KeyState, foldhash::fast::RandomState>;
 
+/// A matching line as the engine hands it over (borrowed; copied only into the ring).
+#[derive(Debug, Clone)]
+pub struct NewSample<'a> {
+    /// Event time, ns.
+    pub ts_ns: i64,
+    /// The line, already truncated.
+    pub line: &'a str,
+    /// The stream's labels.
+    pub labels: Arc<BTreeMap<String, String>>,
+    /// The distinct field's value, for distinct rules.
+    pub value: Option<&'a str>,
+}
+
 /// A matching line kept as evidence.
 #[derive(Debug, Clone)]
 pub struct KeptLine {
     /// Event time, ns.
     pub ts_ns: i64,
-    /// The line, truncated.
-    pub line: Box<str>,
+    /// The line, truncated (its buffer is reused when the ring is full).
+    pub line: String,
     /// The stream's labels.
     pub labels: Arc<BTreeMap<String, String>>,
     /// The distinct field's value (truncated), for distinct rules.
@@ -110,7 +123,7 @@ impl KeyState {
         rule: &Rule,
         t_ms: i64,
         value: Option<(u64, &str)>,
-        line: KeptLine,
+        new: NewSample<'_>,
         samples_per_key: usize,
     ) -> Outcome {
         let recorded = match (&mut self.window, value) {
@@ -120,12 +133,23 @@ impl KeyState {
         };
         self.newest_ms = self.newest_ms.max(t_ms);
         if samples_per_key > 0 {
-            if self.samples.len() >= samples_per_key {
-                self.samples.pop_front();
-            }
+            // Reuse the oldest sample's buffer once the ring is full.
+            let mut buf = if self.samples.len() >= samples_per_key {
+                self.samples.pop_front().map(|s| s.line).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            buf.clear();
+            buf.push_str(new.line);
+            let kept = KeptLine {
+                ts_ns: new.ts_ns,
+                line: buf,
+                labels: new.labels,
+                value: new.value.map(Into::into),
+            };
             // Keep samples in event-time order so the newest evidence is last.
-            let at = self.samples.partition_point(|s| s.ts_ns <= line.ts_ns);
-            self.samples.insert(at, line);
+            let at = self.samples.partition_point(|s| s.ts_ns <= kept.ts_ns);
+            self.samples.insert(at, kept);
         }
         let fires = recorded.fires();
         match &mut self.open {
