@@ -52,6 +52,8 @@ pub struct RawConfig {
     pub inspect: InspectConfig,
     /// How clients are served: connection limits and timeouts against slow or hostile clients.
     pub server: ServerConfig,
+    /// Detection: rules, windows and their bounds (see docs/rules.md).
+    pub detect: crate::detect::DetectConfig,
 }
 
 /// Protection against slow, greedy or hostile clients.
@@ -354,6 +356,7 @@ impl Config {
                 format!("{} is out of range (expected 0 to 19)", raw.inspect.nice),
             ));
         }
+        raw.detect.validate().map_err(detect_error)?;
         let mut inspect = raw.inspect.clone();
         if inspect.workers == 0 {
             let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -397,6 +400,26 @@ pub fn parse_yaml(text: &str) -> Result<RawConfig, ConfigError> {
             .to_owned();
         ConfigError::new(field, message)
     })
+}
+
+/// Turns a detection error into a config error naming the field or rule at fault.
+pub fn detect_error(e: crate::detect::DetectError) -> ConfigError {
+    use crate::detect::DetectError;
+    match e {
+        DetectError::Config { field, message } => {
+            ConfigError::new(format!("detect.{field}"), message)
+        }
+        DetectError::Rule { location, message } => ConfigError::new(location, message),
+        DetectError::Io {
+            index,
+            path,
+            source,
+        } => ConfigError::new(
+            format!("detect.rules[{index}]"),
+            format!("couldn't read {}: {source}", path.display()),
+        ),
+        DetectError::Metrics(e) => ConfigError::new("detect", format!("metrics: {e}")),
+    }
 }
 
 fn positive(field: &str, d: Duration) -> Result<(), ConfigError> {

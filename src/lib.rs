@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod decode;
+pub mod detect;
 pub mod forward;
 pub mod incident;
 pub mod ingest;
@@ -25,6 +26,7 @@ pub mod inspect;
 pub mod loadgen;
 pub mod metrics;
 pub mod report;
+pub mod scan;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
@@ -50,6 +52,7 @@ pub struct App {
 
 struct AppInner {
     config: Config,
+    detector: Option<Arc<detect::Detector>>,
     registry: prometheus::Registry,
     metrics: ProxyMetrics,
     forwarder: Forwarder,
@@ -64,7 +67,28 @@ impl App {
     /// When the upstream HTTP client cannot be built.
     pub fn try_new(config: Config, push_inspector: Arc<dyn PushInspector>) -> anyhow::Result<App> {
         let registry = prometheus::Registry::new();
-        Self::with_registry(config, registry, push_inspector)
+        Self::with_registry(config, registry, push_inspector, None)
+    }
+
+    /// Builds the stages with the detection engine as the inspector. Returns the receiving end
+    /// of the bounded incident queue, for the stage that consumes incidents.
+    ///
+    /// # Errors
+    /// When the rules do not compile or the upstream HTTP client cannot be built.
+    pub fn with_detection(config: Config) -> anyhow::Result<(App, IncidentReceiver)> {
+        let registry = prometheus::Registry::new();
+        let detector = Arc::new(
+            detect::Detector::try_new(&config.raw.detect, &registry)
+                .map_err(config::detect_error)?,
+        );
+        let (queue, incidents_rx) =
+            incident::IncidentQueue::try_new(incident::IncidentQueue::DEFAULT_CAPACITY, &registry)?;
+        let stage = Arc::new(DetectStage {
+            detector: Arc::clone(&detector),
+            queue,
+        });
+        let app = Self::with_registry(config, registry, stage, Some(detector))?;
+        Ok((app, incidents_rx))
     }
 
     /// Like [`App::try_new`], with a registry that other stages (detection) registered into.
@@ -75,6 +99,7 @@ impl App {
         config: Config,
         registry: prometheus::Registry,
         push_inspector: Arc<dyn PushInspector>,
+        detector: Option<Arc<detect::Detector>>,
     ) -> anyhow::Result<App> {
         metrics::register_build_info(&registry);
         let metrics = ProxyMetrics::register(&registry, config.inspect.max_metric_tenants);
@@ -94,6 +119,7 @@ impl App {
         Ok(App {
             inner: Arc::new(AppInner {
                 config,
+                detector,
                 registry,
                 metrics,
                 forwarder,
@@ -139,10 +165,19 @@ impl App {
 
     /// Applies a re-read configuration. Settings bound at start-up (listen address, upstream,
     /// limits, queue sizes) need a restart; a change to them is logged and otherwise ignored.
+    ///
+    /// Rules and the `detect:` section are swapped atomically; a rule set that does not compile
+    /// is rejected and the running one stays in force.
     pub fn reload(&self, new: &Config) {
         let old = &self.inner.config;
         if new.listen != old.listen || new.upstream_url != old.upstream_url {
             tracing::warn!("listen and upstream changes take effect after a restart");
+        }
+        if let Some(detector) = &self.inner.detector {
+            if let Err(e) = detector.reload(&new.raw.detect) {
+                tracing::error!(error = %e, "rule reload rejected, keeping the running rules");
+                return;
+            }
         }
         tracing::info!("configuration reloaded");
     }
@@ -150,6 +185,42 @@ impl App {
     /// Returns false once shutdown has begun (`/ready` answers 503).
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// The consuming end of the incident queue.
+pub type IncidentReceiver = tokio::sync::mpsc::Receiver<incident::Incident>;
+
+/// The detection engine as the inspection workers' inspector: runs the rules over each decoded
+/// push and offers incidents to the bounded incident queue (never blocking).
+struct DetectStage {
+    detector: Arc<detect::Detector>,
+    queue: incident::IncidentQueue,
+}
+
+impl PushInspector for DetectStage {
+    fn inspect(&self, tenant: &str, push: &decode::PushView<'_>) {
+        self.detector.process(tenant, push, &self.queue);
+    }
+}
+
+/// Consumes incidents until the queue closes, logging each as one structured WARN line. The
+/// stage that analyzes and delivers incidents takes this place when it is configured.
+pub async fn log_incidents(mut incidents_rx: IncidentReceiver) {
+    while let Some(i) = incidents_rx.recv().await {
+        tracing::warn!(
+            incident = %i.id,
+            rule = %i.rule,
+            severity = %i.severity,
+            key = %i.key,
+            count = i.count,
+            tenant = %i.tenant,
+            first_seen = %i.first_seen,
+            last_seen = %i.last_seen,
+            follow_up = i.follow_up,
+            logql = %i.logql,
+            "incident"
+        );
     }
 }
 

@@ -2,13 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use logwarden::config::{Config, ConfigError, Overrides};
-use logwarden::inspect::CountOnly;
 use logwarden::telemetry::{self, LogFormat};
 use logwarden::{App, ShutdownTimings};
 
@@ -30,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run the push proxy: forward pushes to Loki unchanged and inspect them.
     Serve(ServeArgs),
+    /// Run the detection engine over log files and print incidents or per-line matches.
+    Scan(logwarden::scan::ScanArgs),
     /// Push synthetic log batches the way Promtail does (load, soak and fault tests).
     Loadgen(logwarden::loadgen::LoadgenArgs),
     /// Validate a configuration file and exit (non-zero with the reason when it is invalid).
@@ -78,6 +78,13 @@ fn main() -> ExitCode {
         },
         Command::Serve(args) => serve(args),
         Command::Loadgen(args) => loadgen(args),
+        Command::Scan(args) => match logwarden::scan::run(args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("logwarden scan: {e:#}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
 
@@ -175,7 +182,8 @@ fn serve(args: ServeArgs) -> ExitCode {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
         let upstream = config.upstream_url.clone();
-        let app = App::try_new(config, Arc::new(CountOnly))?;
+        let (app, incidents_rx) = App::with_detection(config)?;
+        let incidents = tokio::spawn(logwarden::log_incidents(incidents_rx));
         // Signal handlers go in before "serving" is announced: a signal that arrives early must
         // not meet the default action (termination).
         let reload_app = app.clone();
@@ -185,7 +193,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         });
         let shutdown = logwarden::shutdown::signal();
         tracing::info!(listen = %listener.local_addr()?, %upstream, "logwarden serving");
-        logwarden::serve(app, listener, shutdown, timings).await
+        logwarden::serve(app, listener, shutdown, timings).await?;
+        // The inspection workers are done, so the incident queue is closed: let the consumer
+        // finish what is queued.
+        let _ = tokio::time::timeout(timings.drain, incidents).await;
+        Ok::<(), anyhow::Error>(())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,145 @@
+//! Detection throughput over ~1 MiB pushes with the whole built-in pack, per core:
+//! (a) ordinary traffic no rule matches, (b) a realistic mix (~12 % of lines hit some rule's
+//! literals), (c) attack-heavy traffic; plus memory per tracked key (printed once).
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use criterion::{criterion_group, Criterion, Throughput};
+use logwarden::decode::{parse_labels, EntryView, PushView, StreamView};
+use logwarden::detect::{DetectConfig, Detector};
+use logwarden::incident::Incident;
+
+const T0: i64 = 1_714_521_600_000_000_000;
+
+fn ordinary(i: usize) -> String {
+    match i % 4 {
+        0 => format!(
+            r#"198.51.100.{} - - [14/May/2024:09:00:00 +0000] "GET /static/app.{i}.js HTTP/1.1" 200 4312 "https://shop.example.com/" "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/124.0 Safari/537.36""#,
+            i % 200
+        ),
+        1 => format!(
+            "May 14 09:00:00 web1 app[812]: order {i} placed by customer {} in 12ms",
+            i % 977
+        ),
+        2 => format!(
+            r#"{{"level":"info","ts":"2024-05-14T09:00:00Z","msg":"request served","path":"/api/items/{i}","status":200,"duration_ms":{}}}"#,
+            i % 90
+        ),
+        _ => format!("May 14 09:00:00 web1 systemd[1]: Started session {i} of user deploy."),
+    }
+}
+
+fn hit(i: usize) -> String {
+    match i % 5 {
+        0 => format!("May 14 09:00:00 web1 sshd[{i}]: Failed password for root from 203.0.113.{} port {i} ssh2", i % 250),
+        1 => format!(r#"192.0.2.{} - - [14/May/2024:09:00:00 +0000] "GET /wp-login.php?{i} HTTP/1.1" 404 162 "-" "Mozilla/5.0""#, i % 250),
+        2 => format!(r#"192.0.2.{} - - [14/May/2024:09:00:00 +0000] "GET /item?id={i}%27%20union%20select%20null-- HTTP/1.1" 500 162 "-" "sqlmap/1.7""#, i % 250),
+        3 => format!("May 14 09:00:00 web1 sshd[{i}]: Invalid user u{i} from 203.0.113.{} port 4000", i % 250),
+        _ => format!("May 14 09:00:00 web1 kernel: [{i}.0] worker[{i}]: segfault at 0 ip 0 sp 0 error 4 in w"),
+    }
+}
+
+/// Lines of about 1 MiB in total where every `hit_every`-th line (0: none) is a rule hit.
+fn lines(hit_every: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    let mut i = 0;
+    while bytes < 1 << 20 {
+        let l = if hit_every > 0 && i % hit_every == 0 {
+            hit(i / hit_every)
+        } else {
+            ordinary(i)
+        };
+        bytes += l.len();
+        out.push(l);
+        i += 1;
+    }
+    out
+}
+
+fn push(lines: &[String]) -> PushView<'_> {
+    let labels = parse_labels(r#"{job="varlogs", host="web1"}"#).unwrap();
+    let entries = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| EntryView {
+            timestamp_ns: T0 + i as i64 * 1_000_000,
+            line: Cow::Borrowed(l.as_bytes()),
+            structured_metadata: vec![],
+        })
+        .collect();
+    PushView {
+        streams: vec![StreamView { labels, entries }],
+    }
+}
+
+fn bench_detect(c: &mut Criterion) {
+    let mut group = c.benchmark_group("detect");
+    for (name, every) in [
+        ("a_ordinary", 0usize),
+        ("b_mix_12pct", 8),
+        ("c_attack_heavy", 1),
+    ] {
+        let lines = lines(every);
+        let view = push(&lines);
+        let detector =
+            Detector::try_new(&DetectConfig::default(), &prometheus::Registry::new()).unwrap();
+        let incidents = AtomicUsize::new(0);
+        let sink = |_: Incident| {
+            incidents.fetch_add(1, Ordering::Relaxed);
+        };
+        group.throughput(Throughput::Elements(lines.len() as u64));
+        group.bench_function(name, |b| b.iter(|| detector.process("bench", &view, &sink)));
+    }
+    group.finish();
+}
+
+/// Resident memory per tracked key under a flood of distinct sources (printed, not timed).
+fn memory_per_key() {
+    fn rss_bytes() -> usize {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+        statm
+            .split(' ')
+            .nth(1)
+            .and_then(|p| p.parse::<usize>().ok())
+            .unwrap_or(0)
+            * 4096
+    }
+    let n = 1_000_000usize;
+    let cfg = DetectConfig {
+        max_keys: n,
+        ..DetectConfig::default()
+    };
+    let detector = Detector::try_new(&cfg, &prometheus::Registry::new()).unwrap();
+    let before = rss_bytes();
+    let mut batch = detector.batch("bench");
+    for i in 0..n {
+        let line = format!(
+            "May 14 09:00:00 web1 sshd[1]: Failed password for root from {}.{}.{}.{} port 22 ssh2",
+            1 + (i >> 24) % 200,
+            (i >> 16) & 255,
+            (i >> 8) & 255,
+            i & 255
+        );
+        batch.line(T0 + i as i64 * 1000, line.as_bytes(), &mut |_| {});
+    }
+    batch.flush(&|_: Incident| {});
+    let after = rss_bytes();
+    println!(
+        "memory: {n} distinct sources x 3 ssh rules: {:.1} MiB RSS growth, {:.0} bytes per (rule, key)",
+        (after - before) as f64 / (1 << 20) as f64,
+        (after - before) as f64 / (3 * n) as f64
+    );
+}
+
+criterion_group!(benches, bench_detect);
+
+fn main() {
+    if std::env::args().any(|a| a == "--memory") {
+        memory_per_key();
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -1,0 +1,1075 @@
+//! Detect: runs compiled rules over decoded push entries and emits incidents.
+//!
+//! Receives a decoded [`PushView`] (from the inspection workers) or lines from files (`scan`).
+//! Emits [`Incident`]s to an [`IncidentSink`] at the end of each batch, so an incident carries
+//! all the evidence of the batch that made it fire. Owns the compiled rule set (swapped
+//! atomically by [`Detector::reload`]), the per-(rule, key) windows, and its metrics.
+//! Must never block or await: it is plain synchronous code called from several worker threads.
+//!
+//! Per line: lower-case once, one Aho-Corasick pass over every rule's literals, then only the
+//! rules whose literals hit run their parser, conditions and regexes. A line no rule can match
+//! costs that one scan.
+
+pub mod extract;
+pub mod rule;
+mod state;
+pub mod window;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::hash::BuildHasher;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use self::extract::{AccessLine, SyslogHeader};
+use self::rule::{ParserKind, Rule, RuleFile};
+use self::state::{hash_bytes, hash_str, KeyMap, KeyState, NewSample, Outcome};
+use crate::decode::{labels::push_quoted, Labels, PushView};
+use crate::incident::{EventTime, Incident, IncidentSink, Sample};
+
+/// The built-in rule pack, embedded in the binary.
+pub const BUILTIN_RULES: &str = include_str!("detect/builtin.yml");
+
+/// Separates tenant and key in the per-rule maps (a control character no key contains).
+const TENANT_SEP: char = '\u{1f}';
+
+// === impl DetectConfig ===
+
+/// The `detect:` section of the configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    /// Loads the built-in rule pack (embedded in the binary).
+    pub builtin: bool,
+    /// Rule ids (built-in or from `rules` files) to switch off.
+    pub disable: Vec<String>,
+    /// Rule files (YAML, see docs/rules.md) loaded beside the built-in pack, in order.
+    pub rules: Vec<PathBuf>,
+    /// Most (rule, key) windows kept at once; beyond it the least recently active are evicted.
+    pub max_keys: usize,
+    /// Matching lines kept per key and sent with each incident.
+    pub samples_per_key: usize,
+    /// Longest sample line kept, in bytes (longer lines are cut).
+    pub max_sample_bytes: usize,
+    /// How far behind a key's newest event an entry may arrive and still count, e.g. `1m`.
+    #[serde(with = "humantime_serde")]
+    pub out_of_order_tolerance: Duration,
+    /// Source addresses (CIDRs, or single addresses) that are not keyed as attackers unless a
+    /// rule says so. Default: loopback and the private, unique-local and link-local ranges.
+    #[serde(with = "cidr_list")]
+    pub allowlist: Vec<IpNet>,
+}
+
+/// Serde for `Vec<IpNet>` as strings (`10.0.0.0/8`, `2001:db8::/32`, or a single address).
+mod cidr_list {
+    use ipnet::IpNet;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(nets.iter().map(|n| n.to_string()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+        let raw = Vec::<String>::deserialize(d)?;
+        raw.iter()
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        serde::de::Error::custom(format!(
+                            "allowlist entry {s:?} is not a CIDR (e.g. 10.0.0.0/8) or an address"
+                        ))
+                    })
+            })
+            .collect()
+    }
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            builtin: true,
+            disable: Vec::new(),
+            rules: Vec::new(),
+            max_keys: 100_000,
+            samples_per_key: 20,
+            max_sample_bytes: 1024,
+            out_of_order_tolerance: Duration::from_secs(60),
+            allowlist: default_allowlist(),
+        }
+    }
+}
+
+/// Loopback, private (RFC 1918), unique-local and link-local ranges.
+pub fn default_allowlist() -> Vec<IpNet> {
+    [
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+    ]
+    .iter()
+    .map(|s| s.parse().expect("static CIDR is valid"))
+    .collect()
+}
+
+impl DetectConfig {
+    /// Checks the section and every rule it loads, without building a detector.
+    ///
+    /// # Errors
+    /// The first problem found, naming the field, the bad value and what was expected.
+    pub fn validate(&self) -> Result<(), DetectError> {
+        compile_rules(self).map(|_| ())
+    }
+}
+
+/// Why the detect configuration or a rule file was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    /// A field of the `detect:` section.
+    #[error("detect.{field}: {message}")]
+    Config {
+        /// The field, e.g. `max_keys`.
+        field: String,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+    /// A rule (in the built-in pack or a file).
+    #[error("{location}: {message}")]
+    Rule {
+        /// Where, e.g. `detect.rules[0] (ssh.yml) rules[2]`.
+        location: String,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+    /// A rule file could not be read.
+    #[error("detect.rules[{index}]: couldn't read {path}: {source}")]
+    Io {
+        /// Position in `detect.rules`.
+        index: usize,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Metrics could not be registered.
+    #[error("couldn't register detection metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+impl DetectError {
+    /// Returns a bounded reason for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DetectError::Config { .. } => "config",
+            DetectError::Rule { .. } => "rule",
+            DetectError::Io { .. } => "io",
+            DetectError::Metrics(_) => "metrics",
+        }
+    }
+}
+
+// === impl Compiled ===
+
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Any,
+    All(u8),
+    None,
+}
+
+/// Everything a reload swaps at once: the rules, their prefilter, their state and the settings.
+struct Compiled {
+    rules: Vec<Arc<Rule>>,
+    states: Vec<Arc<KeyMap>>,
+    rule_matches: Vec<prometheus::IntCounter>,
+    prefilter: Option<AhoCorasick>,
+    /// For each prefilter pattern: the (rule, role) pairs that use it.
+    owners: Vec<Vec<(u32, Role)>>,
+    /// Bit mask of all `all` literals per rule.
+    all_masks: Vec<u64>,
+    /// Rules without literals (gated by their parser only): checked on every line.
+    always: Vec<u32>,
+    samples_per_key: usize,
+    max_sample_bytes: usize,
+    max_keys: usize,
+    allowlist: Vec<IpNet>,
+}
+
+struct RuleSource {
+    location: String,
+    raw: rule::RawRule,
+}
+
+fn load_sources(cfg: &DetectConfig) -> Result<Vec<RuleSource>, DetectError> {
+    let mut out = Vec::new();
+    let mut push_file = |location: String, text: &str| -> Result<(), DetectError> {
+        let file = RuleFile::parse(text).map_err(|message| DetectError::Rule {
+            location: location.clone(),
+            message,
+        })?;
+        for (i, raw) in file.rules.into_iter().enumerate() {
+            out.push(RuleSource {
+                location: format!("{location} rules[{i}]"),
+                raw,
+            });
+        }
+        Ok(())
+    };
+    if cfg.builtin {
+        push_file("built-in rule pack".into(), BUILTIN_RULES)?;
+    }
+    for (index, path) in cfg.rules.iter().enumerate() {
+        let text = std::fs::read_to_string(path).map_err(|source| DetectError::Io {
+            index,
+            path: path.clone(),
+            source,
+        })?;
+        push_file(format!("detect.rules[{index}] ({})", path.display()), &text)?;
+    }
+    Ok(out)
+}
+
+fn compile_rules(cfg: &DetectConfig) -> Result<Vec<Rule>, DetectError> {
+    if cfg.max_keys == 0 {
+        return Err(DetectError::Config {
+            field: "max_keys".into(),
+            message: "0 must be greater than zero".into(),
+        });
+    }
+    if cfg.samples_per_key > 1000 {
+        return Err(DetectError::Config {
+            field: "samples_per_key".into(),
+            message: format!("{} must be at most 1000", cfg.samples_per_key),
+        });
+    }
+    if cfg.max_sample_bytes < 64 || cfg.max_sample_bytes > 65_536 {
+        return Err(DetectError::Config {
+            field: "max_sample_bytes".into(),
+            message: format!("{} must be between 64 and 65536", cfg.max_sample_bytes),
+        });
+    }
+    let sources = load_sources(cfg)?;
+    let mut rules: Vec<Rule> = Vec::with_capacity(sources.len());
+    for src in &sources {
+        let rule = rule::compile(&src.raw, cfg.out_of_order_tolerance).map_err(|message| {
+            DetectError::Rule {
+                location: src.location.clone(),
+                message,
+            }
+        })?;
+        if rules.iter().any(|r| r.id == rule.id) {
+            return Err(DetectError::Rule {
+                location: src.location.clone(),
+                message: format!("rule id {:?} is defined twice", rule.id),
+            });
+        }
+        if rule.all.len() > 64 {
+            return Err(DetectError::Rule {
+                location: src.location.clone(),
+                message: format!("rule {:?} match.all: at most 64 literals", rule.id),
+            });
+        }
+        rules.push(rule);
+    }
+    for (i, id) in cfg.disable.iter().enumerate() {
+        if !rules.iter().any(|r| &r.id == id) {
+            return Err(DetectError::Config {
+                field: format!("disable[{i}]"),
+                message: format!("no rule has the id {id:?}"),
+            });
+        }
+    }
+    rules.retain(|r| !cfg.disable.contains(&r.id));
+    Ok(rules)
+}
+
+impl Compiled {
+    fn build(
+        cfg: &DetectConfig,
+        metrics: &DetectMetrics,
+        previous: Option<&Compiled>,
+        total_keys: &AtomicUsize,
+    ) -> Result<Self, DetectError> {
+        let rules = compile_rules(cfg)?;
+        let mut patterns: Vec<String> = Vec::new();
+        let mut owners: Vec<Vec<(u32, Role)>> = Vec::new();
+        let mut all_masks = Vec::with_capacity(rules.len());
+        let mut always = Vec::new();
+        let mut add = |lit: &str, rule: u32, role: Role| {
+            let id = match patterns.iter().position(|p| p == lit) {
+                Some(id) => id,
+                None => {
+                    patterns.push(lit.to_owned());
+                    owners.push(Vec::new());
+                    patterns.len() - 1
+                }
+            };
+            owners[id].push((rule, role));
+        };
+        for (r, rule) in rules.iter().enumerate() {
+            let r = r as u32;
+            for lit in &rule.any {
+                add(lit, r, Role::Any);
+            }
+            let mut mask = 0u64;
+            for (bit, lit) in rule.all.iter().enumerate() {
+                add(lit, r, Role::All(bit as u8));
+                mask |= 1 << bit;
+            }
+            for lit in &rule.none {
+                add(lit, r, Role::None);
+            }
+            all_masks.push(mask);
+            if rule.any.is_empty() && rule.all.is_empty() {
+                always.push(r);
+            }
+        }
+        let prefilter = if patterns.is_empty() {
+            None
+        } else {
+            Some(
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::Standard)
+                    // A full DFA: the one pass over every line is the hot loop.
+                    .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+                    .build(&patterns)
+                    .map_err(|e| DetectError::Rule {
+                        location: "rule set".into(),
+                        message: format!("couldn't build the prefilter: {e}"),
+                    })?,
+            )
+        };
+        let mut states = Vec::with_capacity(rules.len());
+        for rule in &rules {
+            let kept = previous.and_then(|p| {
+                p.rules
+                    .iter()
+                    .position(|old| old.same_state_shape(rule))
+                    .map(|i| Arc::clone(&p.states[i]))
+            });
+            states.push(kept.unwrap_or_else(|| Arc::new(KeyMap::default())));
+        }
+        if let Some(p) = previous {
+            // Keys of rules that are gone (or changed shape) no longer count.
+            for old in &p.states {
+                if !states.iter().any(|s| Arc::ptr_eq(s, old)) {
+                    total_keys.fetch_sub(
+                        old.len().min(total_keys.load(Ordering::Relaxed)),
+                        Ordering::Relaxed,
+                    );
+                }
+            }
+        }
+        let rule_matches = rules
+            .iter()
+            .map(|r| metrics.rule_matches.with_label_values(&[r.id.as_str()]))
+            .collect();
+        Ok(Compiled {
+            rules: rules.into_iter().map(Arc::new).collect(),
+            states,
+            rule_matches,
+            prefilter,
+            owners,
+            all_masks,
+            always,
+            samples_per_key: cfg.samples_per_key,
+            max_sample_bytes: cfg.max_sample_bytes,
+            max_keys: cfg.max_keys,
+            allowlist: cfg.allowlist.clone(),
+        })
+    }
+}
+
+// === impl DetectMetrics ===
+
+struct DetectMetrics {
+    rule_matches: prometheus::IntCounterVec,
+    incidents: prometheus::IntCounterVec,
+    keys: prometheus::IntGauge,
+    evictions: prometheus::IntCounter,
+    duration: prometheus::Histogram,
+}
+
+impl DetectMetrics {
+    fn register(registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
+        let m = DetectMetrics {
+            rule_matches: IntCounterVec::new(
+                Opts::new("logwarden_rule_matches_total", "Lines matched, per rule."),
+                &["rule"],
+            )?,
+            incidents: IntCounterVec::new(
+                Opts::new(
+                    "logwarden_incidents_total",
+                    "Incidents emitted (follow-ups included).",
+                ),
+                &["rule", "severity"],
+            )?,
+            keys: IntGauge::new("logwarden_detect_keys", "Live (rule, key) windows.")?,
+            evictions: IntCounter::new(
+                "logwarden_detect_evictions_total",
+                "(rule, key) windows removed: idle past their horizon, or evicted at max_keys.",
+            )?,
+            duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "logwarden_detect_duration_seconds",
+                    "Time to run detection over one batch (push or scan chunk).",
+                )
+                .buckets(vec![
+                    1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0,
+                ]),
+            )?,
+        };
+        registry.register(Box::new(m.rule_matches.clone()))?;
+        registry.register(Box::new(m.incidents.clone()))?;
+        registry.register(Box::new(m.keys.clone()))?;
+        registry.register(Box::new(m.evictions.clone()))?;
+        registry.register(Box::new(m.duration.clone()))?;
+        Ok(m)
+    }
+}
+
+// === impl Detector ===
+
+/// Runs the rule set over log lines; shared by all inspection workers (`&self` everywhere).
+pub struct Detector {
+    compiled: RwLock<Arc<Compiled>>,
+    metrics: DetectMetrics,
+    total_keys: AtomicUsize,
+    /// Newest event time seen (ms): idle keys are expired relative to it.
+    watermark_ms: AtomicI64,
+    /// Held by the one thread that sweeps; the value is the watermark of the last idle sweep.
+    sweeping: Mutex<i64>,
+    value_hasher: foldhash::quality::RandomState,
+}
+
+impl std::fmt::Debug for Detector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Detector")
+            .field("keys", &self.total_keys)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One (line, rule) match, as `scan --emit matches` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineMatch<'a> {
+    /// The rule id.
+    pub rule: &'a str,
+    /// The key, when the line has all the key's fields (empty for rules without a key).
+    pub key: Option<&'a str>,
+    /// True when the source is in the allowlist and so was not counted.
+    pub allowlisted: bool,
+}
+
+impl Detector {
+    /// Compiles the rules of `cfg` and registers the detection metrics in `registry`.
+    ///
+    /// # Errors
+    /// A bad `detect:` field or rule (see [`DetectError`]), or a metric already registered.
+    pub fn try_new(
+        cfg: &DetectConfig,
+        registry: &prometheus::Registry,
+    ) -> Result<Self, DetectError> {
+        let metrics = DetectMetrics::register(registry)?;
+        let total_keys = AtomicUsize::new(0);
+        let compiled = Compiled::build(cfg, &metrics, None, &total_keys)?;
+        Ok(Detector {
+            compiled: RwLock::new(Arc::new(compiled)),
+            metrics,
+            total_keys,
+            watermark_ms: AtomicI64::new(i64::MIN),
+            sweeping: Mutex::new(i64::MIN),
+            value_hasher: foldhash::quality::RandomState::default(),
+        })
+    }
+
+    /// Swaps in the rules and settings of `cfg` atomically. Windows of rules whose id, key and
+    /// window are unchanged carry over. On error the old rules stay in force.
+    ///
+    /// # Errors
+    /// As [`Detector::try_new`].
+    pub fn reload(&self, cfg: &DetectConfig) -> Result<(), DetectError> {
+        let current = self.current();
+        let next = Compiled::build(cfg, &self.metrics, Some(&current), &self.total_keys)?;
+        *self.compiled.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        Ok(())
+    }
+
+    /// Returns the ids of the rules in force, in order.
+    pub fn rule_ids(&self) -> Vec<String> {
+        self.current().rules.iter().map(|r| r.id.clone()).collect()
+    }
+
+    fn current(&self) -> Arc<Compiled> {
+        Arc::clone(&self.compiled.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Runs detection over one decoded push for `tenant`; incidents that fired go to `sink`
+    /// at the end. Synchronous and non-blocking.
+    pub fn process(&self, tenant: &str, push: &PushView<'_>, sink: &dyn IncidentSink) {
+        let start = tokio::time::Instant::now();
+        let mut batch = self.batch(tenant);
+        for stream in &push.streams {
+            batch.set_stream_labels(&stream.labels);
+            for entry in &stream.entries {
+                batch.line(entry.timestamp_ns, &entry.line, &mut |_| {});
+            }
+        }
+        batch.flush(sink);
+        self.metrics.duration.observe(start.elapsed().as_secs_f64());
+    }
+
+    /// Starts a batch for `tenant`: feed it lines per stream, then [`Batch::flush`].
+    /// `process` is built on it; `scan` uses it directly to stream files.
+    pub fn batch(&self, tenant: &str) -> Batch<'_> {
+        let compiled = self.current();
+        let n = compiled.rules.len();
+        Batch {
+            detector: self,
+            tenant: tenant.to_owned(),
+            stream_ok: vec![true; n],
+            labels: Arc::new(BTreeMap::new()),
+            lower: Vec::new(),
+            generation: 0,
+            any_gen: vec![0; n],
+            all_gen: vec![0; n],
+            all_bits: vec![0; n],
+            none_gen: vec![0; n],
+            touched: Vec::new(),
+            key_buf: String::new(),
+            fired: Vec::new(),
+            matches: vec![0; n],
+            newest_ms: i64::MIN,
+            compiled,
+        }
+    }
+
+    /// Makes room when the key bound is reached, and expires idle keys once per minute of event
+    /// time. Only one thread sweeps at a time; the others go on.
+    fn maintain(&self, compiled: &Compiled, need_room: bool) {
+        let Ok(mut last) = self.sweeping.try_lock() else {
+            return;
+        };
+        let wm = self.watermark_ms.load(Ordering::Relaxed);
+        let mut removed = 0usize;
+        if need_room || wm.saturating_sub(*last) >= 60_000 {
+            *last = wm;
+            for (rule, map) in compiled.rules.iter().zip(&compiled.states) {
+                let horizon = rule
+                    .spec
+                    .window_ms
+                    .saturating_add(rule.spec.tolerance_ms)
+                    .saturating_add(rule.cooldown_ms);
+                let cutoff = wm.saturating_sub(horizon);
+                let before = map.len();
+                map.retain(|_, s| {
+                    s.newest_ms >= cutoff || s.open.as_ref().is_some_and(|o| o.emit_pending)
+                });
+                removed += before - map.len();
+            }
+        }
+        let total = self
+            .total_keys
+            .load(Ordering::Relaxed)
+            .saturating_sub(removed);
+        if need_room && total >= compiled.max_keys * 9 / 10 {
+            // Still full of live keys: evict the least recently active tenth (ties go together).
+            let mut newest: Vec<i64> = compiled
+                .states
+                .iter()
+                .flat_map(|m| m.iter().map(|e| e.value().newest_ms).collect::<Vec<_>>())
+                .collect();
+            let goal = total
+                .saturating_sub(compiled.max_keys * 9 / 10)
+                .max(compiled.max_keys / 10)
+                .max(1);
+            if !newest.is_empty() {
+                let nth = goal.min(newest.len()) - 1;
+                let (_, cut, _) = newest.select_nth_unstable(nth);
+                let cut = *cut;
+                for map in &compiled.states {
+                    let before = map.len();
+                    map.retain(|_, s| s.newest_ms > cut);
+                    removed += before - map.len();
+                }
+            }
+        }
+        if removed > 0 {
+            self.total_keys.fetch_sub(
+                removed.min(self.total_keys.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
+            self.metrics.evictions.inc_by(removed as u64);
+        }
+        self.metrics
+            .keys
+            .set(self.total_keys.load(Ordering::Relaxed) as i64);
+    }
+}
+
+// === impl Batch ===
+
+/// A batch of lines for one tenant, with reusable per-line scratch space. Not shared between
+/// threads: each worker makes its own.
+pub struct Batch<'d> {
+    detector: &'d Detector,
+    compiled: Arc<Compiled>,
+    tenant: String,
+    stream_ok: Vec<bool>,
+    labels: Arc<BTreeMap<String, String>>,
+    lower: Vec<u8>,
+    generation: u32,
+    any_gen: Vec<u32>,
+    all_gen: Vec<u32>,
+    all_bits: Vec<u64>,
+    none_gen: Vec<u32>,
+    touched: Vec<u32>,
+    key_buf: String,
+    fired: Vec<(u32, Box<str>)>,
+    matches: Vec<u64>,
+    newest_ms: i64,
+}
+
+/// Per-line lazily computed views shared by the rules that look at the line.
+struct LineView<'t> {
+    text: &'t str,
+    access: Option<Option<AccessLine<'t>>>,
+    syslog: Option<Option<SyslogHeader<'t>>>,
+    uri_decoded: Option<String>,
+}
+
+impl<'t> LineView<'t> {
+    fn access(&mut self) -> Option<AccessLine<'t>> {
+        let text = self.text;
+        *self
+            .access
+            .get_or_insert_with(|| extract::parse_access(text))
+    }
+
+    fn syslog(&mut self) -> Option<SyslogHeader<'t>> {
+        let text = self.text;
+        *self
+            .syslog
+            .get_or_insert_with(|| extract::parse_syslog(text))
+    }
+
+    fn get<'s>(
+        &'s self,
+        name: &str,
+        caps: Option<&regex::Captures<'t>>,
+        labels: &'s BTreeMap<String, String>,
+    ) -> Option<Cow<'s, str>> {
+        if let Some(m) = caps.and_then(|c| c.name(name)) {
+            return Some(Cow::Borrowed(m.as_str()));
+        }
+        if name == "uri_decoded" {
+            return self.uri_decoded.as_deref().map(Cow::Borrowed);
+        }
+        if let Some(Some(a)) = &self.access {
+            let v = match name {
+                "ip" => Some(a.ip),
+                "user" => Some(a.user),
+                "method" => Some(a.method),
+                "path" => Some(a.path),
+                "query" => Some(a.query),
+                "status" => Some(a.status),
+                "referer" => Some(a.referer),
+                "user_agent" => Some(a.user_agent),
+                "vhost" => a.vhost,
+                "request" => Some(a.request),
+                "uri" => {
+                    return Some(if a.query.is_empty() {
+                        Cow::Borrowed(a.path)
+                    } else {
+                        Cow::Owned(format!("{}?{}", a.path, a.query))
+                    })
+                }
+                _ => None,
+            };
+            if let Some(v) = v {
+                return Some(Cow::Borrowed(v));
+            }
+        }
+        if let Some(Some(s)) = &self.syslog {
+            let v = match name {
+                "host" => Some(s.host),
+                "program" => Some(s.program),
+                "pid" => Some(s.pid).filter(|p| !p.is_empty()),
+                "message" => Some(s.message),
+                _ => None,
+            };
+            if let Some(v) = v {
+                return Some(Cow::Borrowed(v));
+            }
+        }
+        labels.get(name).map(|v| Cow::Borrowed(v.as_str()))
+    }
+}
+
+impl Batch<'_> {
+    /// Sets the labels of the stream the following lines belong to.
+    pub fn set_stream_labels(&mut self, labels: &Labels<'_>) {
+        let map: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        self.set_stream_map(map);
+    }
+
+    /// Sets the labels (as a map) of the stream the following lines belong to.
+    pub fn set_stream_map(&mut self, labels: BTreeMap<String, String>) {
+        for (ok, rule) in self.stream_ok.iter_mut().zip(&self.compiled.rules) {
+            *ok = rule
+                .selector
+                .as_ref()
+                .is_none_or(|s| s.matches(|n| labels.get(n).map(String::as_str)));
+        }
+        self.labels = Arc::new(labels);
+    }
+
+    /// Runs every rule over one line with event time `ts_ns`; calls `on_match` for each
+    /// (line, rule) match, in rule order.
+    pub fn line(&mut self, ts_ns: i64, line: &[u8], on_match: &mut dyn FnMut(LineMatch<'_>)) {
+        let compiled = Arc::clone(&self.compiled);
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            // Wrapped: clear the stamps so no stale one looks current.
+            self.any_gen.fill(0);
+            self.all_gen.fill(0);
+            self.none_gen.fill(0);
+            self.generation = 1;
+        }
+        let generation = self.generation;
+        self.touched.clear();
+        if let Some(ac) = &compiled.prefilter {
+            self.lower.clear();
+            self.lower.extend(line.iter().map(u8::to_ascii_lowercase));
+            for m in ac.find_overlapping_iter(&self.lower) {
+                for &(r, role) in &compiled.owners[m.pattern().as_usize()] {
+                    let ri = r as usize;
+                    match role {
+                        Role::Any => self.any_gen[ri] = generation,
+                        Role::All(bit) => {
+                            if self.all_gen[ri] != generation {
+                                self.all_gen[ri] = generation;
+                                self.all_bits[ri] = 0;
+                            }
+                            self.all_bits[ri] |= 1 << bit;
+                        }
+                        Role::None => self.none_gen[ri] = generation,
+                    }
+                    if !matches!(role, Role::None) && !self.touched.contains(&r) {
+                        self.touched.push(r);
+                    }
+                }
+            }
+        }
+        // Rules without literals are access-log rules: skip them on lines without the shape
+        // `… [time] "request" …` before paying for UTF-8 validation and parsing.
+        let always = !compiled.always.is_empty() && memchr::memmem::find(line, b"] \"").is_some();
+        if self.touched.is_empty() && !always {
+            return;
+        }
+        if always {
+            self.touched.extend_from_slice(&compiled.always);
+        }
+        if self.touched.len() > 1 {
+            self.touched.sort_unstable();
+            self.touched.dedup();
+        }
+        let text: Cow<'_, str> = String::from_utf8_lossy(line);
+        let mut view = LineView {
+            text: &text,
+            access: None,
+            syslog: None,
+            uri_decoded: None,
+        };
+        let t_ms = ts_ns.div_euclid(1_000_000);
+        let touched = std::mem::take(&mut self.touched);
+        for &r in &touched {
+            let ri = r as usize;
+            let rule = &compiled.rules[ri];
+            let gated = (rule.any.is_empty() || self.any_gen[ri] == generation)
+                && (compiled.all_masks[ri] == 0
+                    || (self.all_gen[ri] == generation
+                        && self.all_bits[ri] == compiled.all_masks[ri]))
+                && self.none_gen[ri] != generation
+                && self.stream_ok[ri];
+            if gated {
+                self.eval_rule(&compiled, ri, &mut view, t_ms, ts_ns, on_match);
+            }
+        }
+        self.touched = touched;
+        self.newest_ms = self.newest_ms.max(t_ms);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn eval_rule<'t>(
+        &mut self,
+        compiled: &Compiled,
+        ri: usize,
+        view: &mut LineView<'t>,
+        t_ms: i64,
+        ts_ns: i64,
+        on_match: &mut dyn FnMut(LineMatch<'_>),
+    ) {
+        let rule = &compiled.rules[ri];
+        match rule.parser {
+            Some(ParserKind::Access) if view.access().is_none() => return,
+            Some(ParserKind::Syslog) => {
+                view.syslog();
+            }
+            _ => {}
+        }
+        let text = view.text;
+        let caps = if rule.regexes.is_empty() {
+            None
+        } else {
+            match rule.regexes.iter().find_map(|re| re.captures(text)) {
+                Some(c) => Some(c),
+                None => return,
+            }
+        };
+        if rule.not_regexes.iter().any(|re| re.is_match(text)) {
+            return;
+        }
+        if rule.needs_uri_decoded && view.uri_decoded.is_none() {
+            let raw = match view.get("uri", caps.as_ref(), &self.labels) {
+                Some(u) => u.into_owned(),
+                None => String::new(),
+            };
+            view.uri_decoded = Some(extract::decode_uri(&raw));
+        }
+        let labels = Arc::clone(&self.labels);
+        for c in &rule.conditions {
+            let pass = match view.get(&c.field.name, caps.as_ref(), &labels) {
+                Some(v) => c.test.eval(&v) != c.negate,
+                None => c.negate,
+            };
+            if !pass {
+                return;
+            }
+        }
+        // Build `tenant \x1f key`: fields joined by ','; `ip` fields normalised (addresses or
+        // host names). Written into a reused buffer: no allocation for a key already tracked.
+        self.key_buf.clear();
+        self.key_buf.push_str(&self.tenant);
+        self.key_buf.push(TENANT_SEP);
+        let prefix = self.key_buf.len();
+        let mut key_ok = true;
+        let mut allowlisted = false;
+        for (i, f) in rule.key.iter().enumerate() {
+            if i > 0 {
+                self.key_buf.push(',');
+            }
+            match view.get(&f.name, caps.as_ref(), &labels) {
+                Some(v) if f.name == "ip" || f.name.ends_with("_ip") => {
+                    if let Some(ip) = extract::parse_ip(&v) {
+                        allowlisted |= compiled.allowlist.iter().any(|net| net.contains(&ip));
+                        let _ = write!(self.key_buf, "{ip}");
+                    } else if let Some(host) = extract::normalize_source(&v) {
+                        self.key_buf.push_str(&host);
+                    } else {
+                        key_ok = false;
+                    }
+                }
+                Some(v) if !v.is_empty() => self
+                    .key_buf
+                    .extend(v.chars().filter(|c| !c.is_control()).take(128)),
+                // An attack needs a source to be counted; other missing parts group as "-".
+                _ if f.name == "ip" || f.name.ends_with("_ip") => key_ok = false,
+                _ => self.key_buf.push('-'),
+            }
+        }
+        allowlisted &= !rule.include_allowlisted;
+        let value = match &rule.distinct {
+            Some(f) => view
+                .get(&f.name, caps.as_ref(), &labels)
+                .map(|v| truncate(&v, 256).to_owned()),
+            None => None,
+        };
+        self.matches[ri] += 1;
+        if rule.line_signal {
+            on_match(LineMatch {
+                rule: &rule.id,
+                key: key_ok.then_some(&self.key_buf[prefix..]),
+                allowlisted,
+            });
+        }
+        if !key_ok || allowlisted || (rule.distinct.is_some() && value.is_none()) {
+            return;
+        }
+        let kept = NewSample {
+            ts_ns,
+            line: truncate(view.text, compiled.max_sample_bytes),
+            labels,
+            value: value.as_deref(),
+        };
+        let value_hash = value
+            .as_deref()
+            .map(|v| (self.detector.value_hasher.hash_one(v), v));
+        let map = &compiled.states[ri];
+        let outcome = if let Some(mut state) = map.get_mut(self.key_buf.as_str()) {
+            state.record(rule, t_ms, value_hash, kept, compiled.samples_per_key)
+        } else {
+            if self.detector.total_keys.load(Ordering::Relaxed) >= compiled.max_keys {
+                self.detector
+                    .watermark_ms
+                    .fetch_max(self.newest_ms.max(t_ms), Ordering::Relaxed);
+                self.detector.maintain(compiled, true);
+            }
+            let mut created = false;
+            let mut state = map.entry(self.key_buf.as_str().into()).or_insert_with(|| {
+                created = true;
+                KeyState::new(rule)
+            });
+            if created {
+                self.detector.total_keys.fetch_add(1, Ordering::Relaxed);
+            }
+            state.record(rule, t_ms, value_hash, kept, compiled.samples_per_key)
+        };
+        if outcome == Outcome::EmitDue {
+            self.fired.push((ri as u32, self.key_buf.as_str().into()));
+        }
+    }
+
+    /// Emits the incidents that fired in this batch (with the evidence of the whole batch),
+    /// updates the metrics and expires idle keys when due.
+    pub fn flush(&mut self, sink: &dyn IncidentSink) {
+        let compiled = Arc::clone(&self.compiled);
+        for (ri, n) in self.matches.iter_mut().enumerate() {
+            if *n > 0 {
+                compiled.rule_matches[ri].inc_by(*n);
+                *n = 0;
+            }
+        }
+        if self.newest_ms != i64::MIN {
+            self.detector
+                .watermark_ms
+                .fetch_max(self.newest_ms, Ordering::Relaxed);
+        }
+        let mut incidents = Vec::new();
+        for (ri, map_key) in self.fired.drain(..) {
+            let rule = &compiled.rules[ri as usize];
+            let Some(mut state) = compiled.states[ri as usize].get_mut(&map_key) else {
+                continue;
+            };
+            if let Some(inc) = build_incident(rule, &map_key, &mut state) {
+                incidents.push(inc);
+            }
+        }
+        for inc in incidents {
+            self.detector
+                .metrics
+                .incidents
+                .with_label_values(&[inc.rule.as_str(), inc.severity.as_str()])
+                .inc();
+            sink.offer(inc);
+        }
+        self.detector.maintain(&compiled, false);
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut i = max;
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    &s[..i]
+}
+
+fn build_incident(rule: &Rule, map_key: &str, state: &mut KeyState) -> Option<Incident> {
+    let samples: Vec<Sample> = state
+        .samples
+        .iter()
+        .map(|s| Sample {
+            timestamp: EventTime(s.ts_ns),
+            line: s.line.to_string(),
+            labels: (*s.labels).clone(),
+        })
+        .collect();
+    let open = state.open.as_mut().filter(|o| o.emit_pending)?;
+    let (tenant, key) = map_key.split_once(TENANT_SEP).unwrap_or(("", map_key));
+    let labels = samples.last().map(|s| s.labels.clone()).unwrap_or_default();
+    let mut id_hash = hash_str(tenant);
+    for part in [rule.id.as_str(), key] {
+        id_hash = hash_bytes(id_hash, &[0]);
+        id_hash = hash_bytes(id_hash, part.as_bytes());
+    }
+    id_hash = hash_bytes(id_hash, &open.fired_ms.to_le_bytes());
+    let ms = |t: i64| EventTime(t.saturating_mul(1_000_000));
+    let incident = Incident {
+        id: format!("{id_hash:016x}"),
+        rule: rule.id.clone(),
+        description: rule.description.clone(),
+        remediation: rule.remediation.clone(),
+        severity: rule.severity,
+        key: key.to_owned(),
+        key_kind: rule.key_kind.clone(),
+        count: open.count,
+        new_count: open.since_emit,
+        distinct_field: rule.distinct.as_ref().map(|f| f.name.clone()),
+        distinct_count: open.distinct_hashes.len() as u64,
+        distinct_values: open.distinct_values.clone(),
+        threshold: rule.spec.threshold,
+        window_start: ms(open.window_end_ms.saturating_sub(rule.spec.window_ms)),
+        window_end: ms(open.window_end_ms),
+        first_seen: ms(open.first_seen_ms),
+        last_seen: ms(open.last_seen_ms),
+        tenant: tenant.to_owned(),
+        logql: logql(&labels, key, samples.last().map(|s| s.line.as_str())),
+        labels,
+        samples,
+        follow_up: open.emitted > 0,
+        sequence: open.emitted,
+    };
+    open.emitted += 1;
+    open.since_emit = 0;
+    open.emit_pending = false;
+    Some(incident)
+}
+
+/// Builds `{labels} |= "key part" …`: the stream of the newest sample, filtered by each key
+/// part that occurs in its line (so the query shows the evidence and nothing is filtered away).
+fn logql(labels: &BTreeMap<String, String>, key: &str, line: Option<&str>) -> String {
+    let mut q = String::from("{");
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            q.push_str(", ");
+        }
+        q.push_str(k);
+        q.push('=');
+        push_quoted(&mut q, v);
+    }
+    if labels.is_empty() {
+        q.push_str("job=~\".+\"");
+    }
+    q.push('}');
+    let line = line.unwrap_or("").to_ascii_lowercase();
+    for part in key.split(',').filter(|p| !p.is_empty()) {
+        if line.contains(&part.to_ascii_lowercase()) {
+            q.push_str(" |= ");
+            push_quoted(&mut q, part);
+        }
+    }
+    q
+}
+
+#[cfg(test)]
+mod tests;

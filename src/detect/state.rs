@@ -1,0 +1,256 @@
+//! Per-(rule, key) state: the window, the last N matching lines, and the open incident with its
+//! cooldown. Lives in one sharded map per rule ([`KeyMap`]); the [`super::Detector`] bounds the
+//! total number of keys and expires idle ones.
+//!
+//! Cooldowns live here, beside the window, rather than in a time-to-live cache: they run on event
+//! time, so replaying the same input yields the same incidents whatever the wall clock does.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use super::rule::Rule;
+use super::window::{CountWindow, DistinctWindow, Recorded};
+
+/// Values listed in an incident's `distinct_values`.
+pub const MAX_LISTED_VALUES: usize = 20;
+/// Different values counted exactly per open incident (then `distinct_count` stops growing).
+const MAX_COUNTED_VALUES: usize = 1024;
+
+/// One rule's keys: `tenant \x1f key` → state.
+pub type KeyMap = DashMap<Box<str>, KeyState, foldhash::fast::RandomState>;
+
+/// A matching line as the engine hands it over (borrowed; copied only into the ring).
+#[derive(Debug, Clone)]
+pub struct NewSample<'a> {
+    /// Event time, ns.
+    pub ts_ns: i64,
+    /// The line, already truncated.
+    pub line: &'a str,
+    /// The stream's labels.
+    pub labels: Arc<BTreeMap<String, String>>,
+    /// The distinct field's value, for distinct rules.
+    pub value: Option<&'a str>,
+}
+
+/// A matching line kept as evidence.
+#[derive(Debug, Clone)]
+pub struct KeptLine {
+    /// Event time, ns.
+    pub ts_ns: i64,
+    /// The line, truncated (its buffer is reused when the ring is full).
+    pub line: String,
+    /// The stream's labels.
+    pub labels: Arc<BTreeMap<String, String>>,
+    /// The distinct field's value (truncated), for distinct rules.
+    pub value: Option<Box<str>>,
+}
+
+/// The state of one key of one rule.
+#[derive(Debug)]
+pub struct KeyState {
+    window: Window,
+    /// Newest event time of any match of this key (ms), late ones included.
+    pub newest_ms: i64,
+    /// The newest matching lines, oldest first.
+    pub samples: VecDeque<KeptLine>,
+    /// The incident opened by the last firing, while it lasts.
+    pub open: Option<OpenIncident>,
+}
+
+#[derive(Debug)]
+enum Window {
+    Count(CountWindow),
+    Distinct(DistinctWindow),
+}
+
+/// An incident that fired and has not ended.
+#[derive(Debug, Clone)]
+pub struct OpenIncident {
+    /// Event time (ms) of the match that first fired it (part of the stable id).
+    pub fired_ms: i64,
+    /// Event time (ms) of the match behind the newest emission (window end).
+    pub window_end_ms: i64,
+    /// Matches before this time only update the counters.
+    pub cooldown_until_ms: i64,
+    /// First event counted (ms).
+    pub first_seen_ms: i64,
+    /// Newest event counted (ms).
+    pub last_seen_ms: i64,
+    /// Matches counted since it opened.
+    pub count: u64,
+    /// Matches since the previous emission.
+    pub since_emit: u64,
+    /// How many times it was emitted.
+    pub emitted: u32,
+    /// An emission is due at the end of the batch.
+    pub emit_pending: bool,
+    /// Different values seen (exactly up to a bound).
+    pub distinct_hashes: Vec<u64>,
+    /// The first different values, for the incident.
+    pub distinct_values: Vec<String>,
+}
+
+/// The outcome of recording one match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Counted; nothing to emit (or an emission was already due).
+    Counted,
+    /// An emission became due: the caller remembers the key and flushes it after the batch.
+    EmitDue,
+}
+
+impl KeyState {
+    /// Creates empty state for a rule.
+    pub fn new(rule: &Rule) -> Self {
+        KeyState {
+            window: if rule.distinct.is_some() {
+                Window::Distinct(DistinctWindow::default())
+            } else {
+                Window::Count(CountWindow::default())
+            },
+            newest_ms: i64::MIN,
+            samples: VecDeque::new(),
+            open: None,
+        }
+    }
+
+    /// Records one match at `t_ms`; `value` is the distinct field's (hash, text) for distinct
+    /// rules. Keeps `line` as a sample (at most `samples_per_key`).
+    pub fn record(
+        &mut self,
+        rule: &Rule,
+        t_ms: i64,
+        value: Option<(u64, &str)>,
+        new: NewSample<'_>,
+        samples_per_key: usize,
+    ) -> Outcome {
+        let recorded = match (&mut self.window, value) {
+            (Window::Count(w), _) => w.record(t_ms, &rule.spec),
+            (Window::Distinct(w), Some((hash, _))) => w.record(hash, t_ms, &rule.spec),
+            (Window::Distinct(_), None) => return Outcome::Counted,
+        };
+        self.newest_ms = self.newest_ms.max(t_ms);
+        if samples_per_key > 0 {
+            // Reuse the oldest sample's buffer once the ring is full.
+            let mut buf = if self.samples.len() >= samples_per_key {
+                self.samples.pop_front().map(|s| s.line).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            buf.clear();
+            buf.push_str(new.line);
+            let kept = KeptLine {
+                ts_ns: new.ts_ns,
+                line: buf,
+                labels: new.labels,
+                value: new.value.map(Into::into),
+            };
+            // Keep samples in event-time order so the newest evidence is last.
+            let at = self.samples.partition_point(|s| s.ts_ns <= kept.ts_ns);
+            self.samples.insert(at, kept);
+        }
+        let fires = recorded.fires();
+        match &mut self.open {
+            Some(open) if t_ms < open.cooldown_until_ms || matches!(recorded, Recorded::Late) => {
+                open.add(t_ms, value);
+                Outcome::Counted
+            }
+            Some(open) => {
+                // The cooldown has passed.
+                if fires {
+                    open.add(t_ms, value);
+                    open.window_end_ms = t_ms;
+                    open.cooldown_until_ms = t_ms.saturating_add(rule.cooldown_ms);
+                    let was = std::mem::replace(&mut open.emit_pending, true);
+                    if was {
+                        Outcome::Counted
+                    } else {
+                        Outcome::EmitDue
+                    }
+                } else {
+                    // The attack has subsided: the incident ends; this match starts afresh.
+                    self.open = None;
+                    Outcome::Counted
+                }
+            }
+            None if fires => {
+                let lower = t_ms.saturating_sub(rule.spec.window_ms);
+                let in_window: Vec<&KeptLine> = self
+                    .samples
+                    .iter()
+                    .filter(|s| s.ts_ns.div_euclid(1_000_000) > lower)
+                    .collect();
+                let count = match recorded {
+                    Recorded::Counted { in_window: n, .. } if rule.distinct.is_none() => {
+                        u64::from(n)
+                    }
+                    _ => in_window.len() as u64,
+                };
+                let first_seen_ms = in_window
+                    .first()
+                    .map_or(t_ms, |s| s.ts_ns.div_euclid(1_000_000))
+                    .min(t_ms);
+                let mut open = OpenIncident {
+                    fired_ms: t_ms,
+                    window_end_ms: t_ms,
+                    cooldown_until_ms: t_ms.saturating_add(rule.cooldown_ms),
+                    first_seen_ms,
+                    last_seen_ms: t_ms,
+                    count,
+                    since_emit: count,
+                    emitted: 0,
+                    emit_pending: true,
+                    distinct_hashes: Vec::new(),
+                    distinct_values: Vec::new(),
+                };
+                for s in &in_window {
+                    if let Some(v) = &s.value {
+                        open.note_value(hash_str(v), v);
+                    }
+                }
+                self.open = Some(open);
+                Outcome::EmitDue
+            }
+            None => Outcome::Counted,
+        }
+    }
+}
+
+impl OpenIncident {
+    fn add(&mut self, t_ms: i64, value: Option<(u64, &str)>) {
+        self.count += 1;
+        self.since_emit += 1;
+        self.first_seen_ms = self.first_seen_ms.min(t_ms);
+        self.last_seen_ms = self.last_seen_ms.max(t_ms);
+        if let Some((_, v)) = value {
+            self.note_value(hash_str(v), v);
+        }
+    }
+
+    fn note_value(&mut self, hash: u64, value: &str) {
+        if self.distinct_hashes.len() >= MAX_COUNTED_VALUES || self.distinct_hashes.contains(&hash)
+        {
+            return;
+        }
+        self.distinct_hashes.push(hash);
+        if self.distinct_values.len() < MAX_LISTED_VALUES {
+            self.distinct_values.push(value.to_owned());
+        }
+    }
+}
+
+/// FNV-1a, 64 bit: a stable hash (incident ids must not change between runs).
+pub fn hash_str(s: &str) -> u64 {
+    hash_bytes(0xcbf2_9ce4_8422_2325, s.as_bytes())
+}
+
+/// Continues an FNV-1a hash over `bytes`.
+pub fn hash_bytes(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}

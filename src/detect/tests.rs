@@ -1,0 +1,375 @@
+//! Engine tests: windows through the detector, cooldown and follow-up, out-of-order entries,
+//! determinism, bounded keys, reload, metrics, and the decoded-push entry point.
+
+use std::borrow::Cow;
+use std::io::Write;
+use std::sync::Mutex;
+
+use super::*;
+use crate::decode::{EntryView, StreamView};
+
+const T0: i64 = 1_714_521_600_000_000_000;
+const SEC: i64 = 1_000_000_000;
+
+/// One count rule: 3 "fail from <ip>" within 10s, cooldown 60s, tolerance 5s.
+const RULES: &str = r#"
+rules:
+  - id: test-fail
+    severity: high
+    match:
+      any: ["fail from"]
+      regex: ['fail from (?P<ip>\S+)']
+    key: ip
+    aggregate: { threshold: 3, window: 10s, cooldown: 60s }
+"#;
+
+fn rules_file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+fn config(file: &tempfile::NamedTempFile) -> DetectConfig {
+    DetectConfig {
+        builtin: false,
+        rules: vec![file.path().to_owned()],
+        out_of_order_tolerance: Duration::from_secs(5),
+        ..DetectConfig::default()
+    }
+}
+
+struct Harness {
+    detector: Detector,
+    registry: prometheus::Registry,
+    _file: tempfile::NamedTempFile,
+}
+
+fn harness(rules: &str) -> Harness {
+    let file = rules_file(rules);
+    let registry = prometheus::Registry::new();
+    let detector = Detector::try_new(&config(&file), &registry).unwrap();
+    Harness {
+        detector,
+        registry,
+        _file: file,
+    }
+}
+
+/// Feeds (seconds after T0, line) pairs as one batch and returns the incidents.
+fn run(d: &Detector, lines: &[(i64, &str)]) -> Vec<Incident> {
+    let out = Mutex::new(Vec::new());
+    let mut b = d.batch("tenant-a");
+    b.set_stream_map(BTreeMap::from([("job".to_owned(), "auth".to_owned())]));
+    for (s, l) in lines {
+        b.line(T0 + s * SEC, l.as_bytes(), &mut |_| {});
+    }
+    b.flush(&|i: Incident| out.lock().unwrap().push(i));
+    out.into_inner().unwrap()
+}
+
+const A: &str = "fail from 203.0.113.7";
+const B: &str = "fail from 198.51.100.1";
+
+#[test]
+fn fires_exactly_at_threshold_not_before() {
+    let h = harness(RULES);
+    assert!(run(&h.detector, &[(0, A), (1, A)]).is_empty());
+    let inc = run(&h.detector, &[(2, A)]);
+    assert_eq!(inc.len(), 1);
+    let i = &inc[0];
+    assert_eq!(
+        (i.rule.as_str(), i.key.as_str(), i.key_kind.as_str()),
+        ("test-fail", "203.0.113.7", "ip")
+    );
+    assert_eq!(
+        (i.count, i.new_count, i.sequence, i.follow_up),
+        (3, 3, 0, false)
+    );
+    assert_eq!(i.first_seen, EventTime(T0));
+    assert_eq!(i.last_seen, EventTime(T0 + 2 * SEC));
+    assert_eq!(i.window_end, EventTime(T0 + 2 * SEC));
+    assert_eq!(i.window_start, EventTime(T0 - 8 * SEC));
+    assert_eq!(i.tenant, "tenant-a");
+    assert_eq!(i.samples.len(), 3);
+    assert_eq!(
+        i.samples[0].labels.get("job").map(String::as_str),
+        Some("auth")
+    );
+    assert_eq!(i.logql, r#"{job="auth"} |= "203.0.113.7""#);
+}
+
+#[test]
+fn keys_are_counted_separately() {
+    let h = harness(RULES);
+    assert!(run(&h.detector, &[(0, A), (0, B), (1, A), (1, B)]).is_empty());
+    let inc = run(&h.detector, &[(2, B)]);
+    assert_eq!(
+        inc.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+        vec!["198.51.100.1"]
+    );
+}
+
+#[test]
+fn events_outside_the_window_expire() {
+    let h = harness(RULES);
+    // (t - 10s, t]: the events at 0 and 1 are out of the window at 11.
+    assert!(run(&h.detector, &[(0, A), (1, A), (11, A), (12, A)]).is_empty());
+    assert_eq!(run(&h.detector, &[(13, A)]).len(), 1);
+}
+
+#[test]
+fn late_entries_within_tolerance_count_and_beyond_do_not() {
+    let h = harness(RULES);
+    // Newest is 20; 16 is 4s late (tolerance 5s) and inside the window.
+    assert_eq!(run(&h.detector, &[(20, A), (19, A), (16, A)]).len(), 1);
+    let h = harness(RULES);
+    // 14 is 6s late: beyond the tolerance, not counted although inside the window.
+    assert!(run(&h.detector, &[(20, A), (19, A), (14, A)]).is_empty());
+}
+
+#[test]
+fn cooldown_updates_the_incident_and_a_long_attack_gets_a_follow_up() {
+    let h = harness(RULES);
+    let first = run(&h.detector, &[(0, A), (1, A), (2, A), (3, A), (4, A)]);
+    assert_eq!(
+        first.len(),
+        1,
+        "one incident per batch, carrying the whole batch"
+    );
+    assert_eq!((first[0].count, first[0].new_count), (5, 5));
+    // Inside the cooldown (until 62s): counted, not emitted.
+    assert!(run(&h.detector, &[(30, A), (31, A), (32, A)]).is_empty());
+    // After the cooldown, the window holds again: a follow-up with the new totals.
+    let follow = run(&h.detector, &[(60, A), (61, A), (62, A)]);
+    assert_eq!(follow.len(), 1);
+    let f = &follow[0];
+    assert_eq!(
+        (f.follow_up, f.sequence, f.count, f.new_count),
+        (true, 1, 11, 6)
+    );
+    assert_eq!(f.id, first[0].id, "follow-ups share the incident id");
+    assert_eq!(f.first_seen, EventTime(T0));
+}
+
+#[test]
+fn an_attack_that_stops_ends_its_incident() {
+    let h = harness(RULES);
+    let first = run(&h.detector, &[(0, A), (1, A), (2, A)]);
+    // One stray event after the cooldown does not satisfy the window: no follow-up...
+    assert!(run(&h.detector, &[(100, A)]).is_empty());
+    // ...and a new burst later is a new incident, not a follow-up.
+    let again = run(&h.detector, &[(101, A), (102, A)]);
+    assert_eq!(again.len(), 1);
+    assert!(!again[0].follow_up);
+    assert_ne!(again[0].id, first[0].id);
+}
+
+#[test]
+fn same_input_yields_same_incidents() {
+    let lines: Vec<(i64, &str)> = (0..50)
+        .map(|i| (i, if i % 2 == 0 { A } else { B }))
+        .collect();
+    let a = run(&harness(RULES).detector, &lines);
+    let b = run(&harness(RULES).detector, &lines);
+    assert!(!a.is_empty());
+    assert_eq!(a, b);
+}
+
+#[test]
+fn keys_are_bounded_and_evictions_counted() {
+    let file = rules_file(RULES);
+    let registry = prometheus::Registry::new();
+    let cfg = DetectConfig {
+        max_keys: 100,
+        ..config(&file)
+    };
+    let d = Detector::try_new(&cfg, &registry).unwrap();
+    let lines: Vec<String> = (0..1000)
+        .map(|i| format!("fail from 198.18.{}.{}", i / 250, i % 250))
+        .collect();
+    let mut b = d.batch("t");
+    for (i, l) in lines.iter().enumerate() {
+        b.line(T0 + i as i64 * 1_000_000, l.as_bytes(), &mut |_| {});
+        assert!(
+            d.total_keys.load(Ordering::Relaxed) <= 100,
+            "bound exceeded at {i}"
+        );
+    }
+    b.flush(&|_: Incident| {});
+    let text = render(&registry);
+    let evicted: u64 = metric(&text, "logwarden_detect_evictions_total");
+    assert!(evicted >= 900, "{text}");
+    assert!(metric(&text, "logwarden_detect_keys") <= 100);
+}
+
+#[test]
+fn idle_keys_expire_on_event_time() {
+    let h = harness(RULES);
+    run(&h.detector, &[(0, A), (0, B)]);
+    assert_eq!(h.detector.total_keys.load(Ordering::Relaxed), 2);
+    // Horizon: window 10s + tolerance 5s + cooldown 60s; an hour later both are idle.
+    run(&h.detector, &[(3600, "nothing to see")]);
+    run(&h.detector, &[(3700, A)]);
+    assert_eq!(h.detector.total_keys.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn metrics_count_matches_and_incidents() {
+    let h = harness(RULES);
+    run(&h.detector, &[(0, A), (1, A), (2, A), (3, B)]);
+    let text = render(&h.registry);
+    assert!(
+        text.contains(r#"logwarden_rule_matches_total{rule="test-fail"} 4"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"logwarden_incidents_total{rule="test-fail",severity="high"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains("logwarden_detect_keys 2"), "{text}");
+}
+
+#[test]
+fn process_reads_a_decoded_push() {
+    let h = harness(RULES);
+    let entries = (0..4)
+        .map(|i| EntryView {
+            timestamp_ns: T0 + i * SEC,
+            line: Cow::Borrowed(A.as_bytes()),
+            structured_metadata: vec![],
+        })
+        .collect();
+    let labels = crate::decode::parse_labels(r#"{job="auth", host="vps1"}"#).unwrap();
+    let push = PushView {
+        streams: vec![StreamView { labels, entries }],
+    };
+    let out = Mutex::new(Vec::new());
+    h.detector
+        .process("t1", &push, &|i: Incident| out.lock().unwrap().push(i));
+    let out = out.into_inner().unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].count, 4);
+    assert_eq!(
+        out[0].logql,
+        r#"{host="vps1", job="auth"} |= "203.0.113.7""#
+    );
+    assert!(render(&h.registry).contains("logwarden_detect_duration_seconds_count 1"));
+}
+
+#[test]
+fn selectors_restrict_rules_to_streams() {
+    let h = harness(&RULES.replace(
+        "severity: high",
+        "severity: high\n    selector: '{job=~\"auth|sshd\"}'",
+    ));
+    let out = Mutex::new(Vec::new());
+    let mut b = h.detector.batch("t");
+    b.set_stream_map(BTreeMap::from([("job".to_owned(), "nginx".to_owned())]));
+    let mut n = 0;
+    for i in 0..5 {
+        b.line(T0 + i * SEC, A.as_bytes(), &mut |_| n += 1);
+    }
+    b.flush(&|i: Incident| out.lock().unwrap().push(i));
+    assert_eq!(n, 0);
+    assert!(out.into_inner().unwrap().is_empty());
+}
+
+#[test]
+fn reload_swaps_rules_and_a_bad_file_keeps_the_old_ones() {
+    let h = harness(RULES);
+    run(&h.detector, &[(0, A), (1, A)]);
+    let bad = rules_file("rules:\n  - id: broken\n    severity: high\n    match: {any: [x]}\n    aggregate: {threshold: 1, window: 0s, cooldown: 1s}\n");
+    let err = h.detector.reload(&config(&bad)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("window: \"0s\" must be greater than zero"),
+        "{err}"
+    );
+    assert_eq!(h.detector.rule_ids(), vec!["test-fail"]);
+    // An unchanged rule keeps its windows across a reload.
+    let same = rules_file(RULES);
+    h.detector.reload(&config(&same)).unwrap();
+    assert_eq!(run(&h.detector, &[(2, A)]).len(), 1);
+}
+
+#[test]
+fn validation_names_field_value_and_expectation() {
+    let file = rules_file(RULES);
+    let err = DetectConfig {
+        max_keys: 0,
+        ..config(&file)
+    }
+    .validate()
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "detect.max_keys: 0 must be greater than zero"
+    );
+    let err = DetectConfig {
+        disable: vec!["nope".into()],
+        ..config(&file)
+    }
+    .validate()
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        r#"detect.disable[0]: no rule has the id "nope""#
+    );
+    let bad = rules_file("rules:\n  - id: ssh-x\n    severity: high\n    match: {any: [x]}\n    aggregate: {threshold: 1, window: 0s, cooldown: 1s}\n");
+    let err = config(&bad).validate().unwrap_err().to_string();
+    assert!(err.starts_with("detect.rules[0] ("), "{err}");
+    assert!(err.ends_with(r#"rules[0]: rule "ssh-x" aggregate.window: "0s" must be greater than zero (at least 1ms)"#), "{err}");
+    let unknown: Result<DetectConfig, _> = serde_yaml_ng::from_str("max_keyz: 3");
+    assert!(unknown
+        .unwrap_err()
+        .to_string()
+        .contains("unknown field `max_keyz`"));
+    let bad_cidr: Result<DetectConfig, _> = serde_yaml_ng::from_str("allowlist: [10.0.0.0/33]");
+    assert!(bad_cidr
+        .unwrap_err()
+        .to_string()
+        .contains("\"10.0.0.0/33\" is not a CIDR"));
+    DetectConfig::default()
+        .validate()
+        .expect("the built-in pack compiles");
+}
+
+#[test]
+fn hostile_lines_never_panic() {
+    let d = Detector::try_new(&DetectConfig::default(), &prometheus::Registry::new()).unwrap();
+    let mut b = d.batch("t");
+    let long = "a".repeat(100_000) + " Failed password for root from 1.2.3.4 port 1 ssh2";
+    let lines: Vec<Vec<u8>> = vec![
+        vec![0xff, 0xfe, b'F', b'a', b'i', b'l', b'e', b'd', b' ', b'p'],
+        b"\" 404 ".to_vec(),
+        b"1.2.3.4 - - [ \"GET".to_vec(),
+        b"x [client [::1 user not found".to_vec(),
+        long.into_bytes(),
+        "Failed password for \u{202e} from \u{1F600} port 1"
+            .as_bytes()
+            .to_vec(),
+        vec![],
+    ];
+    for (i, l) in lines.iter().enumerate() {
+        b.line(i as i64, l, &mut |_| {});
+        b.line(i64::MIN, l, &mut |_| {});
+        b.line(i64::MAX, l, &mut |_| {});
+    }
+    b.flush(&|_: Incident| {});
+}
+
+fn render(registry: &prometheus::Registry) -> String {
+    let mut buf = String::new();
+    prometheus::TextEncoder::new()
+        .encode_utf8(&registry.gather(), &mut buf)
+        .unwrap();
+    buf
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
