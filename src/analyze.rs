@@ -415,13 +415,14 @@ async fn analyze_one(
                     );
                     (with_note(template, note), Outcome::FallbackInvalid)
                 }
-                Ok(Err(Failure::Error(e))) => {
+                Ok(Err(Failure::Error(e))) if e.reason() != "timeout" => {
                     tracing::warn!(incident = %incident.id, rule = %incident.rule, %model,
                         reason = e.reason(), error = %e, "llm request failed, template report used");
                     let note = format!("{who} failed: {e}; template report used");
                     (with_note(template, note), Outcome::FallbackError)
                 }
-                Err(_elapsed) => {
+                // The HTTP client's own timeout is a backstop just past the deadline.
+                Ok(Err(Failure::Error(_))) | Err(_) => {
                     tracing::warn!(incident = %incident.id, rule = %incident.rule, %model,
                         timeout = ?shared.config.timeout, "llm analysis timed out, template report used");
                     let note = format!(

@@ -177,7 +177,9 @@ impl Endpoint {
             .expect("a relative path joins onto an http base URL");
         let client = reqwest::Client::builder()
             .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
-            .timeout(settings.timeout)
+            // A backstop only: the analyzer's deadline (`analyze.timeout`, which also counts the
+            // wait for a slot) ends the request first.
+            .timeout(settings.timeout + Duration::from_secs(1))
             .redirect(reqwest::redirect::Policy::none())
             // LLM servers are on the operator's network; an inherited HTTP(S)_PROXY variable
             // must not reroute prompts holding log data.
