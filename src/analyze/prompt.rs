@@ -108,6 +108,10 @@ fn truncate_to_tokens(s: &str, tokens: usize) -> &str {
 /// space and removes invisible formatting characters (bidi overrides, zero-width characters,
 /// byte-order marks) that could make a line read differently from what it is.
 pub fn sanitize_line(s: &str) -> String {
+    // Most log lines are printable ASCII: nothing to replace.
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return s.to_owned();
+    }
     s.chars()
         .filter_map(|c| match c {
             c if c.is_control() => Some(' '),
@@ -187,7 +191,11 @@ pub fn build(incident: &Incident, knowledge: Option<&str>, budget_tokens: usize)
 fn data_mentions(incident: &Incident, boundary: &str) -> bool {
     incident.samples.iter().any(|s| s.line.contains(boundary))
         || incident.key.contains(boundary)
-        || incident.labels.values().any(|v| v.contains(boundary))
+        || incident.tenant.contains(boundary)
+        || incident
+            .labels
+            .iter()
+            .any(|(k, v)| k.contains(boundary) || v.contains(boundary))
         || incident
             .distinct_values
             .iter()
