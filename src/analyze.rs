@@ -378,6 +378,7 @@ fn read_bounded(field: &str, path: &Path, max: u64) -> Result<String, ConfigErro
 enum Failure {
     Invalid(String),
     Error(LlmError),
+    Internal(String),
 }
 
 /// Analyzes one incident, never taking longer than the deadline (`received + timeout`).
@@ -419,6 +420,12 @@ async fn analyze_one(
                     tracing::warn!(incident = %incident.id, rule = %incident.rule, %model,
                         reason = e.reason(), error = %e, "llm request failed, template report used");
                     let note = format!("{who} failed: {e}; template report used");
+                    (with_note(template, note), Outcome::FallbackError)
+                }
+                Ok(Err(Failure::Internal(why))) => {
+                    tracing::error!(incident = %incident.id, rule = %incident.rule, why = %why,
+                        "llm analysis failed internally, template report used");
+                    let note = format!("{why}; template report used");
                     (with_note(template, note), Outcome::FallbackError)
                 }
                 // The HTTP client's own timeout is a backstop just past the deadline.
@@ -469,9 +476,10 @@ async fn ask_llm(
         let incident = incident.clone();
         let knowledge = shared.knowledge.clone();
         let budget = shared.budget_tokens;
+        // A bug here must cost the LLM report, never the alert.
         tokio::task::spawn_blocking(move || prompt::build(&incident, knowledge.as_deref(), budget))
             .await
-            .expect("prompt building does not panic")
+            .map_err(|e| Failure::Internal(format!("building the prompt failed: {e}")))?
     };
     tracing::debug!(incident = %incident.id, %model, tokens = prompt.estimated_tokens(),
         lines = prompt.lines_included, omitted = prompt.lines_omitted, "asking llm");

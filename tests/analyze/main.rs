@@ -118,3 +118,39 @@ pub fn assert_metric(text: &str, line: &str) {
         "missing {line:?} in\n{text}"
     );
 }
+
+/// Asserts that the real `promtool check metrics` accepts `text` with no lint findings. Skips
+/// loudly when promtool is missing, and fails under `CI=true` (`.ci/run` installs it).
+pub fn assert_promtool_accepts(text: &str) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("promtool is required under CI but could not be started: {e}");
+            }
+            eprintln!("\n!!! SKIPPED: promtool not found ({e}); install it (see .ci/run) !!!\n");
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics:\n{}{}\n--- metrics ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

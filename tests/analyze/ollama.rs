@@ -7,7 +7,7 @@ use logwarden::incident::Severity;
 use serde_json::json;
 
 use crate::fake_llm::{good_verdict, Api, FakeLlm, Reply};
-use crate::{analyze, assert_metric, config, incident};
+use crate::{analyze, assert_metric, assert_promtool_accepts, config, incident};
 
 #[tokio::test]
 async fn request_has_the_documented_shape_and_a_valid_answer_becomes_the_report() {
@@ -74,6 +74,7 @@ async fn request_has_the_documented_shape_and_a_valid_answer_becomes_the_report(
         r#"logwarden_llm_request_duration_seconds_count{backend="ollama"} 1"#,
     );
     assert_metric(&metrics, "logwarden_analysis_duration_seconds_count 1");
+    assert_promtool_accepts(&metrics);
 }
 
 #[tokio::test]
