@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod analyze;
 pub mod config;
 pub mod decode;
 pub mod detect;
