@@ -54,6 +54,8 @@ pub struct RawConfig {
     pub server: ServerConfig,
     /// Detection: rules, windows and their bounds (see docs/rules.md).
     pub detect: crate::detect::DetectConfig,
+    /// Incident analysis: template report or an LLM (see docs/analysis.md).
+    pub analyze: crate::analyze::AnalyzeConfig,
 }
 
 /// Protection against slow, greedy or hostile clients.
@@ -357,6 +359,7 @@ impl Config {
             ));
         }
         raw.detect.validate().map_err(detect_error)?;
+        raw.analyze.validate()?;
         let mut inspect = raw.inspect.clone();
         if inspect.workers == 0 {
             let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());

@@ -225,6 +225,92 @@ pub async fn log_incidents(mut incidents_rx: IncidentReceiver) {
     }
 }
 
+/// Consumes alerts until the queue closes, logging each report as one structured line. The
+/// delivery stage takes this place when notifiers are configured.
+pub async fn log_alerts(mut alerts_rx: tokio::sync::mpsc::Receiver<report::Alert>) {
+    while let Some(a) = alerts_rx.recv().await {
+        tracing::warn!(
+            incident = %a.report.incident_id,
+            rule = %a.report.rule,
+            severity = %a.report.severity,
+            key = %a.report.key,
+            analyzer = %a.report.analyzer,
+            summary = %a.report.summary,
+            "alert"
+        );
+    }
+}
+
+/// Why `serve` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid (exit status 64).
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// Anything else.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Everything `serve` runs: the proxy and the incident pipeline behind it
+/// (detect → incident queue → analyze → alerts).
+pub struct Service {
+    /// The proxy's shared state.
+    pub app: App,
+    pipeline: tokio::task::JoinHandle<()>,
+}
+
+/// Capacity of the queue between analysis and delivery.
+const ALERT_QUEUE_CAPACITY: usize = 256;
+
+impl Service {
+    /// Builds every stage from a validated config and starts the pipeline tasks. Call inside a
+    /// Tokio runtime, before binding the listener, so a bad setting fails before any port is
+    /// bound. Secrets are read through `env`.
+    ///
+    /// # Errors
+    /// [`StartError::Config`] for settings that only fail when built (missing secrets, rules).
+    pub fn build(
+        config: Config,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Service, StartError> {
+        let analyze_cfg = config.raw.analyze.clone();
+        let (app, incidents_rx) = App::with_detection(config)?;
+        let analyzer = analyze::Analyzer::try_new(&analyze_cfg, env, app.registry())?;
+        let (alerts_tx, alerts_rx) = tokio::sync::mpsc::channel(ALERT_QUEUE_CAPACITY);
+        let analysis = tokio::spawn(analyzer.run(incidents_rx, alerts_tx));
+        let delivery = tokio::spawn(log_alerts(alerts_rx));
+        let pipeline = tokio::spawn(async move {
+            let _ = analysis.await;
+            let _ = delivery.await;
+        });
+        Ok(Service { app, pipeline })
+    }
+
+    /// Serves until `shutdown`, then drains: in-flight requests, queued inspections, and the
+    /// incidents and alerts behind them (each within its bound).
+    ///
+    /// # Errors
+    /// When the listener fails.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        timings: ShutdownTimings,
+    ) -> anyhow::Result<()> {
+        serve(self.app, listener, shutdown, timings).await?;
+        // The inspection workers are gone, so the incident queue is closed; analysis finishes
+        // what is queued, then the alert queue closes and delivery drains.
+        if tokio::time::timeout(timings.drain, self.pipeline)
+            .await
+            .is_err()
+        {
+            tracing::warn!("incident pipeline not drained at shutdown");
+        }
+        Ok(())
+    }
+}
+
 /// How long shutdown may take.
 #[derive(Debug, Clone, Copy)]
 pub struct ShutdownTimings {

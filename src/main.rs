@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use logwarden::config::{Config, ConfigError, Overrides};
 use logwarden::telemetry::{self, LogFormat};
-use logwarden::{App, ShutdownTimings};
+use logwarden::{App, Service, ShutdownTimings, StartError};
 
 /// Exit status for a configuration error (EX_USAGE), before any port is bound.
 const EXIT_CONFIG: u8 = 64;
@@ -178,30 +178,30 @@ fn serve(args: ServeArgs) -> ExitCode {
     let overrides_for_reload = overrides.clone();
     let result = runtime.block_on(async move {
         let overrides = overrides_for_reload;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        let listen = config.listen;
         let upstream = config.upstream_url.clone();
-        let (app, incidents_rx) = App::with_detection(config)?;
-        let incidents = tokio::spawn(logwarden::log_incidents(incidents_rx));
+        // Every stage is built before the port is bound, so a bad setting binds nothing.
+        let service = Service::build(config, &env)?;
         // Signal handlers go in before "serving" is announced: a signal that arrives early must
         // not meet the default action (termination).
-        let reload_app = app.clone();
+        let reload_app = service.app.clone();
         let config_path = args.config.clone();
         logwarden::shutdown::spawn_reload_listener(move || {
             reload(&reload_app, config_path.as_deref(), &overrides)
         });
         let shutdown = logwarden::shutdown::signal();
-        tracing::info!(listen = %listener.local_addr()?, %upstream, "logwarden serving");
-        logwarden::serve(app, listener, shutdown, timings).await?;
-        // The inspection workers are done, so the incident queue is closed: let the consumer
-        // finish what is queued.
-        let _ = tokio::time::timeout(timings.drain, incidents).await;
-        Ok::<(), anyhow::Error>(())
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        let local = listener.local_addr().map_err(anyhow::Error::from)?;
+        tracing::info!(listen = %local, %upstream, "logwarden serving");
+        service.run(listener, shutdown, timings).await?;
+        Ok::<(), StartError>(())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(StartError::Config(e)) => config_error(&e),
+        Err(StartError::Other(e)) => {
             tracing::error!(error = format!("{e:#}"), "logwarden failed");
             eprintln!("logwarden: {e:#}");
             ExitCode::FAILURE
