@@ -23,6 +23,7 @@ pub mod incident;
 pub mod ingest;
 pub mod inspect;
 pub mod metrics;
+pub mod notify;
 pub mod report;
 pub mod server;
 pub mod shutdown;
@@ -75,6 +76,8 @@ impl App {
         registry: prometheus::Registry,
         push_inspector: Arc<dyn PushInspector>,
     ) -> anyhow::Result<App> {
+        // reqwest needs a process-wide crypto provider before any client is built (`tls`).
+        notify::install_crypto_provider();
         metrics::register_build_info(&registry);
         let metrics = ProxyMetrics::register(&registry, config.inspect.max_metric_tenants);
         let forwarder = Forwarder::try_new(&config, metrics.clone())?;

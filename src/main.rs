@@ -65,6 +65,9 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
+    // Before any HTTP client (OTLP exporter, forwarder, notifiers) is built: reqwest has no
+    // built-in crypto provider with the `tls` feature.
+    logwarden::notify::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => match Config::load(&file, &Overrides::default()) {
