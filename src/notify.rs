@@ -349,7 +349,7 @@ struct Target {
 impl Target {
     fn wants(&self, alert: &Alert) -> bool {
         alert.report.severity >= self.min_severity
-            && (self.rules.is_empty() || self.rules.iter().any(|r| *r == alert.incident.rule))
+            && (self.rules.is_empty() || self.rules.contains(&alert.incident.rule))
     }
 
     fn count(&self, metrics: &NotifyMetrics, outcome: &str) {
