@@ -142,17 +142,19 @@ fn serve(args: ServeArgs) -> ExitCode {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-        tracing::info!(
-            listen = %listener.local_addr()?,
-            upstream = %config.upstream_url,
-            "logwarden serving"
-        );
         let app = App::try_new(config, Arc::new(CountOnly))?;
         let reload_app = app.clone();
         let config_path = args.config.clone();
         logwarden::shutdown::spawn_reload_listener(move || {
             reload(&reload_app, config_path.as_deref(), &overrides)
         });
+        // Logged once the SIGHUP handler is in place: a supervisor (or test) that waits for
+        // this line may signal at once. Building the clients (TLS roots) takes a while.
+        tracing::info!(
+            listen = %listener.local_addr()?,
+            upstream = %app.config().upstream_url,
+            "logwarden serving"
+        );
         logwarden::serve(app, listener, logwarden::shutdown::signal(), timings).await
     });
     match result {
