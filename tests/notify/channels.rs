@@ -353,3 +353,38 @@ fn decode_body(data: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[tokio::test]
+async fn https_urls_speak_tls() {
+    // A raw listener: the first bytes of an https request are a TLS ClientHello (record type
+    // 0x16, version 3.x), which shows the rustls + ring stack is built in and installed.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let yaml =
+        format!("- type: webhook\n  url: https://127.0.0.1:{port}/\n  retry: {{attempts: 1}}\n");
+    let run = start(
+        &yaml,
+        NO_REPORTS,
+        "http://127.0.0.1:9",
+        &no_env,
+        Duration::from_secs(5),
+    );
+    run.send(alert("r", Severity::High)).await;
+    let (mut sock, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut head = [0u8; 3];
+    tokio::io::AsyncReadExt::read_exact(&mut sock, &mut head)
+        .await
+        .unwrap();
+    assert_eq!(head[0], 0x16, "not a TLS handshake record: {head:?}");
+    assert_eq!(head[1], 0x03);
+    drop(sock);
+    wait_metric(
+        &run,
+        "logwarden_notifications_total{channel=\"webhook\",outcome=\"failed\"} 1",
+    )
+    .await;
+    run.close(Duration::from_secs(5)).await;
+}

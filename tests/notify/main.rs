@@ -3,6 +3,7 @@
 
 mod alertmanager;
 mod channels;
+mod docs;
 mod reports;
 mod secrets;
 mod support;
