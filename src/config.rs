@@ -56,6 +56,11 @@ pub struct RawConfig {
     pub detect: crate::detect::DetectConfig,
     /// Incident analysis: template report or an LLM (see docs/analysis.md).
     pub analyze: crate::analyze::AnalyzeConfig,
+    /// Where alerts are delivered: Telegram, Slack, webhook, Alertmanager, email
+    /// (see docs/alerting.md).
+    pub notify: Vec<crate::notify::NotifierConfig>,
+    /// Reports written back into Loki (and optionally a JSONL file).
+    pub reports: crate::notify::ReportsConfig,
 }
 
 /// Protection against slow, greedy or hostile clients.
@@ -360,6 +365,7 @@ impl Config {
         }
         raw.detect.validate().map_err(detect_error)?;
         raw.analyze.validate()?;
+        crate::notify::validate(&raw.notify, &raw.reports)?;
         let mut inspect = raw.inspect.clone();
         if inspect.workers == 0 {
             let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());

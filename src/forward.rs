@@ -191,7 +191,7 @@ impl Forwarder {
     /// When the HTTP client cannot be built (TLS or resolver initialisation).
     pub fn try_new(config: &Config, metrics: ProxyMetrics) -> anyhow::Result<Self> {
         let up = &config.upstream;
-        let mut builder = reqwest::Client::builder()
+        let mut builder = crate::http::client_builder()
             .connect_timeout(up.connect_timeout)
             // Inactivity bound while streaming a body; the answer itself is bounded below.
             .read_timeout(up.timeout)

@@ -21,11 +21,13 @@ pub mod config;
 pub mod decode;
 pub mod detect;
 pub mod forward;
+pub mod http;
 pub mod incident;
 pub mod ingest;
 pub mod inspect;
 pub mod loadgen;
 pub mod metrics;
+pub mod notify;
 pub mod report;
 pub mod scan;
 pub mod server;
@@ -205,42 +207,6 @@ impl PushInspector for DetectStage {
     }
 }
 
-/// Consumes incidents until the queue closes, logging each as one structured WARN line. The
-/// stage that analyzes and delivers incidents takes this place when it is configured.
-pub async fn log_incidents(mut incidents_rx: IncidentReceiver) {
-    while let Some(i) = incidents_rx.recv().await {
-        tracing::warn!(
-            incident = %i.id,
-            rule = %i.rule,
-            severity = %i.severity,
-            key = %i.key,
-            count = i.count,
-            tenant = %i.tenant,
-            first_seen = %i.first_seen,
-            last_seen = %i.last_seen,
-            follow_up = i.follow_up,
-            logql = %i.logql,
-            "incident"
-        );
-    }
-}
-
-/// Consumes alerts until the queue closes, logging each report as one structured line. The
-/// delivery stage takes this place when notifiers are configured.
-pub async fn log_alerts(mut alerts_rx: tokio::sync::mpsc::Receiver<report::Alert>) {
-    while let Some(a) = alerts_rx.recv().await {
-        tracing::warn!(
-            incident = %a.report.incident_id,
-            rule = %a.report.rule,
-            severity = %a.report.severity,
-            key = %a.report.key,
-            analyzer = %a.report.analyzer,
-            summary = %a.report.summary,
-            "alert"
-        );
-    }
-}
-
 /// Why `serve` could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -274,12 +240,15 @@ impl Service {
         config: Config,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Service, StartError> {
-        let analyze_cfg = config.raw.analyze.clone();
+        let raw = config.raw.clone();
+        let upstream = config.upstream_url.clone();
         let (app, incidents_rx) = App::with_detection(config)?;
-        let analyzer = analyze::Analyzer::try_new(&analyze_cfg, env, app.registry())?;
+        let analyzer = analyze::Analyzer::try_new(&raw.analyze, env, app.registry())?;
+        let dispatcher =
+            notify::Dispatcher::try_new(&raw.notify, &raw.reports, &upstream, env, app.registry())?;
         let (alerts_tx, alerts_rx) = tokio::sync::mpsc::channel(ALERT_QUEUE_CAPACITY);
         let analysis = tokio::spawn(analyzer.run(incidents_rx, alerts_tx));
-        let delivery = tokio::spawn(log_alerts(alerts_rx));
+        let delivery = tokio::spawn(dispatcher.run(alerts_rx));
         let pipeline = tokio::spawn(async move {
             let _ = analysis.await;
             let _ = delivery.await;

@@ -312,7 +312,7 @@ async fn send(
 /// # Errors
 /// When the HTTP client cannot be built.
 pub async fn run(args: LoadgenArgs) -> anyhow::Result<Summary> {
-    let client = reqwest::Client::builder()
+    let client = crate::http::client_builder()
         .timeout(args.timeout)
         .no_proxy()
         .pool_max_idle_per_host(args.concurrency.max(1))

@@ -67,6 +67,9 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
+    // Before any HTTP client (OTLP exporter, forwarder, notifiers) is built: reqwest has no
+    // built-in crypto provider with the `tls` feature.
+    logwarden::http::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => match Config::load(&file, &Overrides::default()) {

@@ -71,6 +71,8 @@ pub fn init(
 
     #[cfg(feature = "otel")]
     if otlp_requested(env) {
+        // The exporter builds a reqwest client too.
+        crate::http::install_crypto_provider();
         use opentelemetry::trace::TracerProvider as _;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()

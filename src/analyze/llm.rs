@@ -175,7 +175,7 @@ impl Endpoint {
         let url = base
             .join(path)
             .expect("a relative path joins onto an http base URL");
-        let client = reqwest::Client::builder()
+        let client = crate::http::client_builder()
             .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
             // A backstop only: the analyzer's deadline (`analyze.timeout`, which also counts the
             // wait for a slot) ends the request first.

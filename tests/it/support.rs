@@ -273,7 +273,7 @@ pub fn promtail_fixture() -> Vec<u8> {
 
 /// A plain HTTP client that never pools (each request is independent).
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    logwarden::http::client_builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
         .build()
