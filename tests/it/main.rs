@@ -7,4 +7,5 @@ mod forwarding;
 mod inspection;
 mod loadgen;
 mod metrics;
+mod pipeline;
 mod process;

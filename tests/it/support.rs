@@ -296,3 +296,96 @@ pub fn require_tool(name: &str) -> bool {
     }
     found
 }
+
+/// The whole service (proxy + detection + analysis + delivery) in this process on 127.0.0.1:0.
+pub struct Service {
+    pub addr: SocketAddr,
+    pub app: App,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Service {
+    /// Starts `serve` with `yaml` as its config, `upstream` as Loki and `env` for secrets.
+    pub async fn start(yaml: &str, upstream: &str, env: &[(&str, &str)]) -> Service {
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            upstream: Some(upstream.into()),
+        };
+        let config = Config::from_raw(parse_yaml(yaml).unwrap(), &overrides).unwrap();
+        let env: std::collections::HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let service = logwarden::Service::build(config, &|k: &str| env.get(k).cloned()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = service.app.clone();
+        let (tx, rx) = oneshot::channel();
+        let timings = ShutdownTimings {
+            grace: Duration::from_secs(5),
+            drain: Duration::from_secs(5),
+        };
+        let task = tokio::spawn(service.run(
+            listener,
+            async move {
+                let _ = rx.await;
+            },
+            timings,
+        ));
+        Service {
+            addr,
+            app,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Shuts down gracefully (draining the pipeline) and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A snappy protobuf push of `lines` in one `{job="auth", host="vps1"}` stream, one second
+/// apart from `start_s` (Unix seconds).
+pub fn auth_push(lines: &[String], start_s: i64) -> Vec<u8> {
+    use logwarden::decode::wire::{
+        encode_snappy, timestamp_from_nanos, EntryAdapter, PushRequest, StreamAdapter,
+    };
+    let entries = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| EntryAdapter {
+            timestamp: Some(timestamp_from_nanos((start_s + i as i64) * 1_000_000_000)),
+            line: bytes::Bytes::from(l.clone()),
+            structured_metadata: vec![],
+            parsed: vec![],
+        })
+        .collect();
+    encode_snappy(&PushRequest {
+        streams: vec![StreamAdapter {
+            labels: r#"{host="vps1", job="auth"}"#.into(),
+            entries,
+            hash: 0,
+        }],
+        format: String::new(),
+    })
+}
