@@ -57,6 +57,9 @@ yaml_files=(
   promtail-config.yml
   deploy/logwarden.example.yml
   deploy/grafana/provisioning/datasources/loki.yml
+  deploy/grafana/provisioning/datasources/prometheus.yml
+  deploy/grafana/provisioning/dashboards/logwarden.yml
+  deploy/prometheus.yml
 )
 step "YAML syntax: ${yaml_files[*]}"
 if command -v python3 >/dev/null 2>&1 && python3 -c 'import yaml' >/dev/null 2>&1; then
@@ -73,6 +76,17 @@ PY
 else
   skip "YAML syntax check (python3 with PyYAML not found; Debian: apt-get install python3-yaml)"
 fi
+
+step "deploy/prometheus.yml and the Grafana dashboard"
+if command -v promtool >/dev/null 2>&1; then
+  promtool check config deploy/prometheus.yml >/dev/null || fail "promtool rejects deploy/prometheus.yml"
+  ok "promtool check config deploy/prometheus.yml"
+else
+  skip "promtool not found (Debian: apt-get install prometheus)"
+fi
+python3 -c 'import json,sys; json.load(open(sys.argv[1]))' deploy/grafana/dashboards/logwarden.json \
+  || fail "deploy/grafana/dashboards/logwarden.json is not valid JSON"
+ok "deploy/grafana/dashboards/logwarden.json is JSON"
 
 # --- 3. Loki 3 shape -----------------------------------------------------------
 step "loki-config.yml: Loki 3 schema, no keys that Loki 3 removed or deprecated"
