@@ -56,6 +56,7 @@ yaml_files=(
   loki-config.yml
   promtail-config.yml
   deploy/logwarden.example.yml
+  deploy/logwarden.compose.yml
   deploy/grafana/provisioning/datasources/loki.yml
   deploy/grafana/provisioning/datasources/prometheus.yml
   deploy/grafana/provisioning/dashboards/logwarden.yml
@@ -104,11 +105,13 @@ done
 ok "tsdb + v13 + filesystem, no removed keys"
 
 # --- 4. logwarden check-config -----------------------------------------------------
-step "deploy/logwarden.example.yml: logwarden check-config"
+step "deploy/logwarden.{example,compose}.yml: logwarden check-config"
 if [ -n "$binary" ]; then
   [ -x "$binary" ] || fail "$binary is not an executable file"
-  "$binary" check-config deploy/logwarden.example.yml || fail "logwarden check-config rejected deploy/logwarden.example.yml"
-  ok "accepted by $binary"
+  for cfg in deploy/logwarden.example.yml deploy/logwarden.compose.yml; do
+    "$binary" check-config "$cfg" || fail "logwarden check-config rejected $cfg"
+    ok "$cfg accepted by $binary"
+  done
 else
   skip "logwarden check-config (no binary given: run deploy/validate.sh target/release/logwarden)"
 fi
