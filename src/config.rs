@@ -61,6 +61,8 @@ pub struct RawConfig {
     pub notify: Vec<crate::notify::NotifierConfig>,
     /// Reports written back into Loki (and optionally a JSONL file).
     pub reports: crate::notify::ReportsConfig,
+    /// Optional client authentication, each credential mapped to a tenant (docs/security.md).
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// Protection against slow, greedy or hostile clients.
@@ -366,6 +368,7 @@ impl Config {
         raw.detect.validate().map_err(detect_error)?;
         raw.analyze.validate()?;
         crate::notify::validate(&raw.notify, &raw.reports)?;
+        crate::auth::Authenticator::try_new(&raw.auth)?;
         let mut inspect = raw.inspect.clone();
         if inspect.workers == 0 {
             let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());

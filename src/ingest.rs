@@ -113,7 +113,15 @@ pub async fn read_body_capped(
 
 /// Handles `POST /loki/api/v1/push` and `POST /api/prom/push`.
 pub async fn push(State(app): State<App>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    if let Err(denied) = authenticate(&app, &mut parts.headers) {
+        app.metrics()
+            .push_rejected
+            .with_label_values(&["unauthorized"])
+            .inc();
+        record_status(&app, denied.status());
+        return denied;
+    }
     let tenant = tenant_of(&parts.headers, &app.config().inspect.default_tenant);
     let span = tracing::info_span!(
         "push",
@@ -168,6 +176,36 @@ pub async fn push(State(app): State<App>, request: Request) -> Response {
     }
     .instrument(span)
     .await
+}
+
+/// Checks the request's credential when auth is on; on success the headers carry the
+/// credential's tenant and no longer the credential. On failure returns the 401 to send.
+///
+/// # Errors
+/// The 401 response for a missing or unknown credential.
+pub fn authenticate(app: &App, headers: &mut HeaderMap) -> Result<(), Response> {
+    use crate::auth::{Authenticator, Verdict};
+    match app.auth().check(headers) {
+        Verdict::Open => Ok(()),
+        Verdict::Tenant(tenant) => {
+            Authenticator::rewrite(headers, &tenant);
+            Ok(())
+        }
+        Verdict::Denied => Err(unauthorized()),
+    }
+}
+
+/// The answer to a missing or unknown credential.
+pub fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::WWW_AUTHENTICATE, "Basic realm=\"logwarden\""),
+        ],
+        "unauthorized\n",
+    )
+        .into_response()
 }
 
 fn record_status(app: &App, status: StatusCode) {

@@ -17,6 +17,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod analyze;
+pub mod auth;
 pub mod config;
 pub mod decode;
 pub mod detect;
@@ -55,6 +56,7 @@ pub struct App {
 
 struct AppInner {
     config: Config,
+    auth: auth::Authenticator,
     detector: Option<Arc<detect::Detector>>,
     registry: prometheus::Registry,
     metrics: ProxyMetrics,
@@ -121,6 +123,7 @@ impl App {
         );
         Ok(App {
             inner: Arc::new(AppInner {
+                auth: auth::Authenticator::try_new(&config.raw.auth)?,
                 config,
                 detector,
                 registry,
@@ -135,6 +138,11 @@ impl App {
     /// Returns the validated configuration.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Returns the client authenticator (auth may be off).
+    pub fn auth(&self) -> &auth::Authenticator {
+        &self.inner.auth
     }
 
     /// Returns the proxy metrics.

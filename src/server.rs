@@ -33,7 +33,10 @@ pub fn app(state: App) -> Router {
         .with_state(state)
 }
 
-async fn metrics(State(app): State<App>) -> Response {
+async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
+    if app.auth().protect_metrics && app.auth().check(&headers) == crate::auth::Verdict::Denied {
+        return crate::ingest::unauthorized();
+    }
     (
         [(header::CONTENT_TYPE, crate::metrics::TEXT_CONTENT_TYPE)],
         app.render_metrics(),
@@ -63,6 +66,9 @@ async fn proxy(State(app): State<App>, mut request: Request) -> Response {
         .uri()
         .path_and_query()
         .map_or_else(|| path.to_owned(), |pq| pq.as_str().to_owned());
+    if let Err(denied) = crate::ingest::authenticate(&app, request.headers_mut()) {
+        return denied;
+    }
     let method = request.method().clone();
     let wants_upgrade = is_upgrade(request.headers());
     let client_upgrade = request

@@ -9,3 +9,4 @@ mod loadgen;
 mod metrics;
 mod pipeline;
 mod process;
+mod security;
