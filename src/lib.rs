@@ -56,7 +56,7 @@ pub struct App {
 
 struct AppInner {
     config: Config,
-    auth: auth::Authenticator,
+    auth: std::sync::RwLock<Arc<auth::Authenticator>>,
     detector: Option<Arc<detect::Detector>>,
     registry: prometheus::Registry,
     metrics: ProxyMetrics,
@@ -123,7 +123,9 @@ impl App {
         );
         Ok(App {
             inner: Arc::new(AppInner {
-                auth: auth::Authenticator::try_new(&config.raw.auth)?,
+                auth: std::sync::RwLock::new(Arc::new(auth::Authenticator::try_new(
+                    &config.raw.auth,
+                )?)),
                 config,
                 detector,
                 registry,
@@ -141,8 +143,8 @@ impl App {
     }
 
     /// Returns the client authenticator (auth may be off).
-    pub fn auth(&self) -> &auth::Authenticator {
-        &self.inner.auth
+    pub fn auth(&self) -> Arc<auth::Authenticator> {
+        Arc::clone(&self.inner.auth.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Returns the proxy metrics.
@@ -184,12 +186,21 @@ impl App {
         if new.listen != old.listen || new.upstream_url != old.upstream_url {
             tracing::warn!("listen and upstream changes take effect after a restart");
         }
+        // Credentials first: a bad credentials file rejects the whole reload.
+        let auth = match auth::Authenticator::try_new(&new.raw.auth) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "credentials reload rejected, keeping the running ones");
+                return;
+            }
+        };
         if let Some(detector) = &self.inner.detector {
             if let Err(e) = detector.reload(&new.raw.detect) {
                 tracing::error!(error = %e, "rule reload rejected, keeping the running rules");
                 return;
             }
         }
+        *self.inner.auth.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(auth);
         tracing::info!("configuration reloaded");
     }
 
