@@ -548,11 +548,48 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Collects what the test's tracing subscriber writes.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
+
 #[test]
 fn redis_stopped_mid_test_degrades_then_resumes() {
     if !require_redis_server() {
         return;
     }
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, outage_scenario);
+    // One WARN when it degraded and one INFO when it resumed, per replica: not one per call.
+    assert_eq!(logs.count("WARN"), 2, "one per replica");
+    assert_eq!(logs.count("shared state degraded"), 2);
+    assert_eq!(logs.count("shared state resumed"), 2);
+}
+
+fn outage_scenario() {
     let server = PrivateRedis::start(free_port());
     let port = server.port;
     let p = prefix("outage");

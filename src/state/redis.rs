@@ -462,7 +462,7 @@ impl SharedState {
             Ok(_) => self.mark_healthy(),
             Err(e) => {
                 inner.metrics.errors.with_label_values(&[e.reason()]).inc();
-                self.mark_failed(e);
+                self.mark_failed(e, probing);
             }
         }
         if probing {
@@ -506,7 +506,9 @@ impl SharedState {
         }
     }
 
-    fn mark_failed(&self, e: &StateError) {
+    /// Turns the layer degraded (one WARN), or after a failed probe doubles the backoff.
+    /// Calls that were already in flight when the first one failed change nothing more.
+    fn mark_failed(&self, e: &StateError, probing: bool) {
         let inner = &*self.inner;
         if matches!(e, StateError::Degraded) {
             return;
@@ -518,6 +520,9 @@ impl SharedState {
         let mut health = inner.health.lock().expect("health lock");
         let was_degraded = inner.degraded.swap(true, Ordering::AcqRel);
         if was_degraded {
+            if !probing {
+                return;
+            }
             health.backoff = (health.backoff * 2).min(inner.cfg.reconnect_max);
         } else {
             health.backoff = inner.cfg.reconnect_min;
