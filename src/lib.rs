@@ -33,6 +33,7 @@ pub mod report;
 pub mod scan;
 pub mod server;
 pub mod shutdown;
+pub mod state;
 pub mod telemetry;
 
 use std::future::Future;
