@@ -86,7 +86,7 @@ pub struct OpenIncident {
     pub emitted: u32,
     /// An emission is due at the end of the batch.
     pub emit_pending: bool,
-    /// Different values seen (exactly up to a bound).
+    /// Hashes of the different values seen (exactly up to a bound), ascending.
     pub distinct_hashes: Vec<u64>,
     /// The first different values, for the incident.
     pub distinct_values: Vec<String>,
@@ -230,11 +230,14 @@ impl OpenIncident {
     }
 
     fn note_value(&mut self, hash: u64, value: &str) {
-        if self.distinct_hashes.len() >= MAX_COUNTED_VALUES || self.distinct_hashes.contains(&hash)
-        {
+        // Kept sorted: a long attack checks each match against up to MAX_COUNTED_VALUES hashes.
+        let Err(at) = self.distinct_hashes.binary_search(&hash) else {
+            return;
+        };
+        if self.distinct_hashes.len() >= MAX_COUNTED_VALUES {
             return;
         }
-        self.distinct_hashes.push(hash);
+        self.distinct_hashes.insert(at, hash);
         if self.distinct_values.len() < MAX_LISTED_VALUES {
             self.distinct_values.push(value.to_owned());
         }
