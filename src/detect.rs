@@ -42,6 +42,17 @@ pub const BUILTIN_RULES: &str = include_str!("detect/builtin.yml");
 /// Separates tenant and key in the per-rule maps (a control character no key contains).
 const TENANT_SEP: char = '\u{1f}';
 
+/// How far ahead of the wall clock an event time may be and still advance the watermark that
+/// idle keys expire against. One entry stamped years ahead (a bad clock, a hostile client) would
+/// otherwise expire every key of every tenant at once.
+pub const MAX_FUTURE_SKEW_MS: i64 = 60_000;
+
+fn system_time_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 // === impl DetectConfig ===
 
 /// The `detect:` section of the configuration file.
@@ -207,6 +218,8 @@ struct Compiled {
     all_masks: Vec<u64>,
     /// Rules without literals (gated by their parser only): checked on every line.
     always: Vec<u32>,
+    /// Per rule: the rules (indexes) whose open incidents suppress it (`suppressed_by`).
+    suppressors: Vec<Vec<u32>>,
     samples_per_key: usize,
     max_sample_bytes: usize,
     max_keys: usize,
@@ -297,6 +310,20 @@ fn compile_rules(cfg: &DetectConfig) -> Result<Vec<Rule>, DetectError> {
             });
         }
     }
+    for (i, rule) in rules.iter().enumerate() {
+        for id in &rule.suppressed_by {
+            if id == &rule.id || !rules.iter().any(|r| &r.id == id) {
+                return Err(DetectError::Rule {
+                    location: sources[i].location.clone(),
+                    message: format!(
+                        "rule {:?} suppressed_by: {id:?} must be the id of another rule",
+                        rule.id
+                    ),
+                });
+            }
+        }
+    }
+    // A disabled rule suppresses nothing (its id is simply not found in `Compiled::build`).
     rules.retain(|r| !cfg.disable.contains(&r.id));
     Ok(rules)
 }
@@ -380,6 +407,16 @@ impl Compiled {
                 }
             }
         }
+        let suppressors = rules
+            .iter()
+            .map(|rule| {
+                rule.suppressed_by
+                    .iter()
+                    .filter_map(|id| rules.iter().position(|r| &r.id == id))
+                    .map(|i| i as u32)
+                    .collect()
+            })
+            .collect();
         let mut regexes: Vec<regex::Regex> = Vec::new();
         let rule_regexes = rules
             .iter()
@@ -413,6 +450,7 @@ impl Compiled {
             owners,
             all_masks,
             always,
+            suppressors,
             samples_per_key: cfg.samples_per_key,
             max_sample_bytes: cfg.max_sample_bytes,
             max_keys: cfg.max_keys,
@@ -481,6 +519,9 @@ pub struct Detector {
     watermark_ms: AtomicI64,
     /// Held by the one thread that sweeps; the value is the watermark of the last idle sweep.
     sweeping: Mutex<i64>,
+    /// Wall clock (ms since the epoch): event times further ahead of it than
+    /// [`MAX_FUTURE_SKEW_MS`] do not advance the watermark.
+    wall_clock_ms: fn() -> i64,
     value_hasher: foldhash::quality::RandomState,
 }
 
@@ -521,6 +562,7 @@ impl Detector {
             total_keys,
             watermark_ms: AtomicI64::new(i64::MIN),
             sweeping: Mutex::new(i64::MIN),
+            wall_clock_ms: system_time_ms,
             value_hasher: foldhash::quality::RandomState::default(),
         })
     }
@@ -559,6 +601,12 @@ impl Detector {
         self.metrics.duration.observe(start.elapsed().as_secs_f64());
     }
 
+    /// Replaces the wall clock (ms since the epoch) that caps the watermark; for tests.
+    #[cfg(test)]
+    fn set_wall_clock(&mut self, clock: fn() -> i64) {
+        self.wall_clock_ms = clock;
+    }
+
     /// Starts a batch for `tenant`: feed it lines per stream, then [`Batch::flush`].
     /// `process` is built on it; `scan` uses it directly to stream files.
     pub fn batch(&self, tenant: &str) -> Batch<'_> {
@@ -591,6 +639,7 @@ impl Detector {
             fired: Vec::new(),
             matches: vec![0; n],
             newest_ms: i64::MIN,
+            clock_cap_ms: (self.wall_clock_ms)().saturating_add(MAX_FUTURE_SKEW_MS),
             compiled,
         }
     }
@@ -683,7 +732,10 @@ pub struct Batch<'d> {
     key_buf: String,
     fired: Vec<(u32, Box<str>)>,
     matches: Vec<u64>,
+    /// Newest event time of the batch, capped at `clock_cap_ms`.
     newest_ms: i64,
+    /// Wall clock at the start of the batch plus the allowed skew.
+    clock_cap_ms: i64,
 }
 
 /// Per-line lazily computed views shared by the rules that look at the line.
@@ -911,7 +963,7 @@ impl Batch<'_> {
         }
         self.regex_cache = cache;
         self.touched = touched;
-        self.newest_ms = self.newest_ms.max(t_ms);
+        self.newest_ms = self.newest_ms.max(t_ms.min(self.clock_cap_ms));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1024,14 +1076,28 @@ impl Batch<'_> {
         let value_hash = value
             .as_deref()
             .map(|v| (self.detector.value_hasher.hash_one(v), v));
+        // Looked up before taking this rule's entry: never two map locks held at once.
+        let suppressed = compiled.suppressors[ri].iter().any(|&s| {
+            compiled.states[s as usize]
+                .get(self.key_buf.as_str())
+                .is_some_and(|state| state.open.is_some())
+        });
         let map = &compiled.states[ri];
         let outcome = if let Some(mut state) = map.get_mut(self.key_buf.as_str()) {
-            state.record(rule, t_ms, value_hash, kept, compiled.samples_per_key)
+            state.record(
+                rule,
+                t_ms,
+                value_hash,
+                kept,
+                compiled.samples_per_key,
+                suppressed,
+            )
         } else {
             if self.detector.total_keys.load(Ordering::Relaxed) >= compiled.max_keys {
-                self.detector
-                    .watermark_ms
-                    .fetch_max(self.newest_ms.max(t_ms), Ordering::Relaxed);
+                self.detector.watermark_ms.fetch_max(
+                    self.newest_ms.max(t_ms.min(self.clock_cap_ms)),
+                    Ordering::Relaxed,
+                );
                 self.detector.maintain(compiled, true);
             }
             let mut created = false;
@@ -1042,7 +1108,14 @@ impl Batch<'_> {
             if created {
                 self.detector.total_keys.fetch_add(1, Ordering::Relaxed);
             }
-            state.record(rule, t_ms, value_hash, kept, compiled.samples_per_key)
+            state.record(
+                rule,
+                t_ms,
+                value_hash,
+                kept,
+                compiled.samples_per_key,
+                suppressed,
+            )
         };
         if outcome == Outcome::EmitDue {
             self.fired.push((ri as u32, self.key_buf.as_str().into()));
@@ -1100,7 +1173,13 @@ struct RegexCache {
 impl RegexCache {
     /// Runs rule `ri`'s regexes in order (each at most once per line) and returns the index of
     /// the first that matches.
-    fn first(&mut self, compiled: &Compiled, ri: usize, text: &str, generation: u32) -> Option<usize> {
+    fn first(
+        &mut self,
+        compiled: &Compiled,
+        ri: usize,
+        text: &str,
+        generation: u32,
+    ) -> Option<usize> {
         for &id in &compiled.rule_regexes[ri] {
             let id = id as usize;
             if self.generation[id] != generation {
@@ -1126,10 +1205,7 @@ struct Caps<'t, 'c> {
 
 impl<'t> Caps<'t, '_> {
     fn name(&self, name: &str) -> Option<&'t str> {
-        let index = self
-            .regex
-            .capture_names()
-            .position(|n| n == Some(name))?;
+        let index = self.regex.capture_names().position(|n| n == Some(name))?;
         let (start, end) = self.locs.get(index)?;
         self.text.get(start..end)
     }

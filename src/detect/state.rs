@@ -117,7 +117,9 @@ impl KeyState {
     }
 
     /// Records one match at `t_ms`; `value` is the distinct field's (hash, text) for distinct
-    /// rules. Keeps `line` as a sample (at most `samples_per_key`).
+    /// rules. Keeps `line` as a sample (at most `samples_per_key`). `suppressed`: a rule this
+    /// one defers to (`suppressed_by`) has an open incident for the key, so a firing window
+    /// opens no incident and emits no follow-up (the match is still counted).
     pub fn record(
         &mut self,
         rule: &Rule,
@@ -125,6 +127,7 @@ impl KeyState {
         value: Option<(u64, &str)>,
         new: NewSample<'_>,
         samples_per_key: usize,
+        suppressed: bool,
     ) -> Outcome {
         let recorded = match (&mut self.window, value) {
             (Window::Count(w), _) => w.record(t_ms, &rule.spec),
@@ -157,6 +160,10 @@ impl KeyState {
                 open.add(t_ms, value);
                 Outcome::Counted
             }
+            Some(open) if fires && suppressed => {
+                open.add(t_ms, value);
+                Outcome::Counted
+            }
             Some(open) => {
                 // The cooldown has passed.
                 if fires {
@@ -175,7 +182,7 @@ impl KeyState {
                     Outcome::Counted
                 }
             }
-            None if fires => {
+            None if fires && !suppressed => {
                 let lower = t_ms.saturating_sub(rule.spec.window_ms);
                 let in_window: Vec<&KeptLine> = self
                     .samples
