@@ -1,12 +1,21 @@
 //! Detection throughput over ~1 MiB pushes with the whole built-in pack, per core:
 //! (a) ordinary traffic no rule matches, (b) a realistic mix (~12 % of lines hit some rule's
-//! literals), (c) attack-heavy traffic; plus memory per tracked key (printed once).
+//! literals), (c) attack-heavy traffic; plus memory per tracked key (`-- --memory`).
+//!
+//! Each kind is measured three ways in the same run, so figures from a noisy shared machine can
+//! be read as ratios: `decode` (snappy + protobuf of the same push, the floor), `engine`
+//! (detection over the already decoded push) and `decode_engine` (what a push costs).
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{criterion_group, Criterion, Throughput};
-use logwarden::decode::{parse_labels, EntryView, PushView, StreamView};
+use logwarden::decode::wire::{
+    encode_snappy, timestamp_from_nanos, EntryAdapter, PushRequest, StreamAdapter,
+};
+use logwarden::decode::{
+    parse_labels, with_decoded, DecodeLimits, EntryView, PushApi, PushMeta, PushView, StreamView,
+};
 use logwarden::detect::{DetectConfig, Detector};
 use logwarden::incident::Incident;
 
@@ -74,8 +83,35 @@ fn push(lines: &[String]) -> PushView<'_> {
     }
 }
 
+/// The same lines as a snappy-compressed protobuf push body.
+fn body(lines: &[String]) -> Vec<u8> {
+    let entries = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| EntryAdapter {
+            timestamp: Some(timestamp_from_nanos(T0 + i as i64 * 1_000_000)),
+            line: bytes::Bytes::copy_from_slice(l.as_bytes()),
+            structured_metadata: vec![],
+            parsed: vec![],
+        })
+        .collect();
+    encode_snappy(&PushRequest {
+        streams: vec![StreamAdapter {
+            labels: r#"{job="varlogs", host="web1"}"#.into(),
+            entries,
+            hash: 0,
+        }],
+        format: String::new(),
+    })
+}
+
 fn bench_detect(c: &mut Criterion) {
-    let mut group = c.benchmark_group("detect");
+    let meta = PushMeta {
+        content_type: Some("application/x-protobuf"),
+        content_encoding: None,
+        api: PushApi::V1,
+    };
+    let limits = DecodeLimits::default();
     for (name, every) in [
         ("a_ordinary", 0usize),
         ("b_mix_12pct", 8),
@@ -83,16 +119,28 @@ fn bench_detect(c: &mut Criterion) {
     ] {
         let lines = lines(every);
         let view = push(&lines);
+        let pb = body(&lines);
         let detector =
             Detector::try_new(&DetectConfig::default(), &prometheus::Registry::new()).unwrap();
         let incidents = AtomicUsize::new(0);
         let sink = |_: Incident| {
             incidents.fetch_add(1, Ordering::Relaxed);
         };
+        let mut group = c.benchmark_group(format!("detect_{name}"));
         group.throughput(Throughput::Elements(lines.len() as u64));
-        group.bench_function(name, |b| b.iter(|| detector.process("bench", &view, &sink)));
+        group.bench_function("decode", |b| {
+            b.iter(|| with_decoded(&pb, meta, limits, |v| v.entry_count()).unwrap())
+        });
+        group.bench_function("engine", |b| {
+            b.iter(|| detector.process("bench", &view, &sink))
+        });
+        group.bench_function("decode_engine", |b| {
+            b.iter(|| {
+                with_decoded(&pb, meta, limits, |v| detector.process("bench", v, &sink)).unwrap()
+            })
+        });
+        group.finish();
     }
-    group.finish();
 }
 
 /// Resident memory per tracked key under a flood of distinct sources (printed, not timed).

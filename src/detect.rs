@@ -6,9 +6,10 @@
 //! atomically by [`Detector::reload`]), the per-(rule, key) windows, and its metrics.
 //! Must never block or await: it is plain synchronous code called from several worker threads.
 //!
-//! Per line: lower-case once, one Aho-Corasick pass over every rule's literals, then only the
-//! rules whose literals hit run their parser, conditions and regexes. A line no rule can match
-//! costs that one scan.
+//! Per line: one pass of an ASCII-case-insensitive Aho-Corasick DFA over every rule's literals
+//! (no lower-cased copy), then only the rules whose literals hit run their parser, conditions
+//! and regexes. A line no rule can match costs that one scan. Regex results are shared: rules
+//! that use the same regex (the SSH rules share one list) run it once per line.
 
 pub mod extract;
 pub mod rule;
@@ -24,14 +25,15 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::automaton::Automaton;
+use aho_corasick::{dfa::DFA, Anchored, MatchKind};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use self::extract::{AccessLine, SyslogHeader};
 use self::rule::{ParserKind, Rule, RuleFile};
 use self::state::{hash_bytes, hash_str, KeyMap, KeyState, NewSample, Outcome};
-use crate::decode::{labels::push_quoted, Labels, PushView};
+use crate::decode::{labels::push_quoted, EntryView, Labels, PushView};
 use crate::incident::{EventTime, Incident, IncidentSink, Sample};
 
 /// The built-in rule pack, embedded in the binary.
@@ -39,6 +41,17 @@ pub const BUILTIN_RULES: &str = include_str!("detect/builtin.yml");
 
 /// Separates tenant and key in the per-rule maps (a control character no key contains).
 const TENANT_SEP: char = '\u{1f}';
+
+/// How far ahead of the wall clock an event time may be and still advance the watermark that
+/// idle keys expire against. One entry stamped years ahead (a bad clock, a hostile client) would
+/// otherwise expire every key of every tenant at once.
+pub const MAX_FUTURE_SKEW_MS: i64 = 60_000;
+
+fn system_time_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 // === impl DetectConfig ===
 
@@ -194,13 +207,21 @@ struct Compiled {
     rules: Vec<Arc<Rule>>,
     states: Vec<Arc<KeyMap>>,
     rule_matches: Vec<prometheus::IntCounter>,
-    prefilter: Option<AhoCorasick>,
+    prefilter: Option<DFA>,
+    /// Every distinct regex of every rule, once (rules that share a regex share its result).
+    regexes: Vec<regex::Regex>,
+    /// Per rule: indexes into `regexes` of its `regex` list, in order.
+    rule_regexes: Vec<Vec<u32>>,
     /// For each prefilter pattern: the (rule, role) pairs that use it.
     owners: Vec<Vec<(u32, Role)>>,
     /// Bit mask of all `all` literals per rule.
     all_masks: Vec<u64>,
     /// Rules without literals (gated by their parser only): checked on every line.
     always: Vec<u32>,
+    /// Per rule: the rules (indexes) whose open incidents suppress it (`suppressed_by`).
+    suppressors: Vec<Vec<u32>>,
+    /// Finds `] "` (built once: building a searcher per line cost more than the search).
+    access_shape: memchr::memmem::Finder<'static>,
     samples_per_key: usize,
     max_sample_bytes: usize,
     max_keys: usize,
@@ -291,6 +312,20 @@ fn compile_rules(cfg: &DetectConfig) -> Result<Vec<Rule>, DetectError> {
             });
         }
     }
+    for (i, rule) in rules.iter().enumerate() {
+        for id in &rule.suppressed_by {
+            if id == &rule.id || !rules.iter().any(|r| &r.id == id) {
+                return Err(DetectError::Rule {
+                    location: sources[i].location.clone(),
+                    message: format!(
+                        "rule {:?} suppressed_by: {id:?} must be the id of another rule",
+                        rule.id
+                    ),
+                });
+            }
+        }
+    }
+    // A disabled rule suppresses nothing (its id is simply not found in `Compiled::build`).
     rules.retain(|r| !cfg.disable.contains(&r.id));
     Ok(rules)
 }
@@ -340,10 +375,12 @@ impl Compiled {
             None
         } else {
             Some(
-                AhoCorasick::builder()
+                // A full DFA, searched by hand (`scan_literals`): the one pass over every line
+                // is the hot loop. Case-insensitive, so lines need no lower-cased copy.
+                DFA::builder()
                     .match_kind(MatchKind::Standard)
-                    // A full DFA: the one pass over every line is the hot loop.
-                    .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+                    .ascii_case_insensitive(true)
+                    .start_kind(aho_corasick::StartKind::Unanchored)
                     .build(&patterns)
                     .map_err(|e| DetectError::Rule {
                         location: "rule set".into(),
@@ -372,6 +409,35 @@ impl Compiled {
                 }
             }
         }
+        let suppressors = rules
+            .iter()
+            .map(|rule| {
+                rule.suppressed_by
+                    .iter()
+                    .filter_map(|id| rules.iter().position(|r| &r.id == id))
+                    .map(|i| i as u32)
+                    .collect()
+            })
+            .collect();
+        let mut regexes: Vec<regex::Regex> = Vec::new();
+        let rule_regexes = rules
+            .iter()
+            .map(|rule| {
+                rule.regexes
+                    .iter()
+                    .map(|re| {
+                        let id = regexes
+                            .iter()
+                            .position(|r| r.as_str() == re.as_str())
+                            .unwrap_or_else(|| {
+                                regexes.push(re.clone());
+                                regexes.len() - 1
+                            });
+                        id as u32
+                    })
+                    .collect()
+            })
+            .collect();
         let rule_matches = rules
             .iter()
             .map(|r| metrics.rule_matches.with_label_values(&[r.id.as_str()]))
@@ -381,9 +447,13 @@ impl Compiled {
             states,
             rule_matches,
             prefilter,
+            regexes,
+            rule_regexes,
             owners,
             all_masks,
             always,
+            suppressors,
+            access_shape: memchr::memmem::Finder::new(b"] \"").into_owned(),
             samples_per_key: cfg.samples_per_key,
             max_sample_bytes: cfg.max_sample_bytes,
             max_keys: cfg.max_keys,
@@ -452,6 +522,9 @@ pub struct Detector {
     watermark_ms: AtomicI64,
     /// Held by the one thread that sweeps; the value is the watermark of the last idle sweep.
     sweeping: Mutex<i64>,
+    /// Wall clock (ms since the epoch): event times further ahead of it than
+    /// [`MAX_FUTURE_SKEW_MS`] do not advance the watermark.
+    wall_clock_ms: fn() -> i64,
     value_hasher: foldhash::quality::RandomState,
 }
 
@@ -492,6 +565,7 @@ impl Detector {
             total_keys,
             watermark_ms: AtomicI64::new(i64::MIN),
             sweeping: Mutex::new(i64::MIN),
+            wall_clock_ms: system_time_ms,
             value_hasher: foldhash::quality::RandomState::default(),
         })
     }
@@ -524,12 +598,16 @@ impl Detector {
         let mut batch = self.batch(tenant);
         for stream in &push.streams {
             batch.set_stream_labels(&stream.labels);
-            for entry in &stream.entries {
-                batch.line(entry.timestamp_ns, &entry.line, &mut |_| {});
-            }
+            batch.entries(&stream.entries, &mut |_| {});
         }
         batch.flush(sink);
         self.metrics.duration.observe(start.elapsed().as_secs_f64());
+    }
+
+    /// Replaces the wall clock (ms since the epoch) that caps the watermark; for tests.
+    #[cfg(test)]
+    fn set_wall_clock(&mut self, clock: fn() -> i64) {
+        self.wall_clock_ms = clock;
     }
 
     /// Starts a batch for `tenant`: feed it lines per stream, then [`Batch::flush`].
@@ -542,17 +620,29 @@ impl Detector {
             tenant: tenant.to_owned(),
             stream_ok: vec![true; n],
             labels: Arc::new(BTreeMap::new()),
-            lower: Vec::new(),
             generation: 0,
+            touched_gen: vec![0; n],
+            regex_cache: RegexCache {
+                generation: vec![0; compiled.regexes.len()],
+                hit: vec![false; compiled.regexes.len()],
+                locs: compiled
+                    .regexes
+                    .iter()
+                    .map(regex::Regex::capture_locations)
+                    .collect(),
+            },
             any_gen: vec![0; n],
             all_gen: vec![0; n],
             all_bits: vec![0; n],
             none_gen: vec![0; n],
             touched: Vec::new(),
+            hits: Vec::new(),
+            line_hits: Vec::new(),
             key_buf: String::new(),
             fired: Vec::new(),
             matches: vec![0; n],
             newest_ms: i64::MIN,
+            clock_cap_ms: (self.wall_clock_ms)().saturating_add(MAX_FUTURE_SKEW_MS),
             compiled,
         }
     }
@@ -630,17 +720,25 @@ pub struct Batch<'d> {
     tenant: String,
     stream_ok: Vec<bool>,
     labels: Arc<BTreeMap<String, String>>,
-    lower: Vec<u8>,
     generation: u32,
+    /// Per rule: `generation` when a literal of the rule hit on the current line.
+    touched_gen: Vec<u32>,
+    regex_cache: RegexCache,
     any_gen: Vec<u32>,
     all_gen: Vec<u32>,
     all_bits: Vec<u64>,
     none_gen: Vec<u32>,
     touched: Vec<u32>,
+    /// Prefilter pattern hits of the current line; of a chunk of lines (`entries`).
+    hits: Vec<u32>,
+    line_hits: Vec<(u32, u32)>,
     key_buf: String,
     fired: Vec<(u32, Box<str>)>,
     matches: Vec<u64>,
+    /// Newest event time of the batch, capped at `clock_cap_ms`.
     newest_ms: i64,
+    /// Wall clock at the start of the batch plus the allowed skew.
+    clock_cap_ms: i64,
 }
 
 /// Per-line lazily computed views shared by the rules that look at the line.
@@ -669,11 +767,11 @@ impl<'t> LineView<'t> {
     fn get<'s>(
         &'s self,
         name: &str,
-        caps: Option<&regex::Captures<'t>>,
+        caps: Option<&Caps<'t, '_>>,
         labels: &'s BTreeMap<String, String>,
     ) -> Option<Cow<'s, str>> {
         if let Some(m) = caps.and_then(|c| c.name(name)) {
-            return Some(Cow::Borrowed(m.as_str()));
+            return Some(Cow::Borrowed(m));
         }
         if name == "uri_decoded" {
             return self.uri_decoded.as_deref().map(Cow::Borrowed);
@@ -743,6 +841,53 @@ impl Batch<'_> {
     /// Runs every rule over one line with event time `ts_ns`; calls `on_match` for each
     /// (line, rule) match, in rule order.
     pub fn line(&mut self, ts_ns: i64, line: &[u8], on_match: &mut dyn FnMut(LineMatch<'_>)) {
+        let mut hits = std::mem::take(&mut self.hits);
+        hits.clear();
+        if let Some(dfa) = &self.compiled.prefilter {
+            scan_literals(dfa, line, &mut hits);
+        }
+        self.line_with_hits(ts_ns, line, &hits, on_match);
+        self.hits = hits;
+    }
+
+    /// Runs every rule over a stream's entries. Same result as [`Batch::line`] per entry, but
+    /// the literal scan runs over several lines at once (see [`scan_lanes`]).
+    pub fn entries(&mut self, entries: &[EntryView<'_>], on_match: &mut dyn FnMut(LineMatch<'_>)) {
+        const CHUNK: usize = 64;
+        let mut hits = std::mem::take(&mut self.hits);
+        let mut pairs = std::mem::take(&mut self.line_hits);
+        for chunk in entries.chunks(CHUNK) {
+            pairs.clear();
+            if let Some(dfa) = &self.compiled.prefilter {
+                let mut lines: [&[u8]; CHUNK] = [&[]; CHUNK];
+                for (slot, e) in lines.iter_mut().zip(chunk) {
+                    *slot = &e.line;
+                }
+                scan_lanes(dfa, &lines[..chunk.len()], &mut pairs);
+                pairs.sort_unstable_by_key(|&(line, _)| line);
+            }
+            let mut at = 0;
+            for (k, entry) in chunk.iter().enumerate() {
+                hits.clear();
+                while at < pairs.len() && pairs[at].0 as usize == k {
+                    hits.push(pairs[at].1);
+                    at += 1;
+                }
+                self.line_with_hits(entry.timestamp_ns, &entry.line, &hits, on_match);
+            }
+        }
+        self.hits = hits;
+        self.line_hits = pairs;
+    }
+
+    /// Runs the rules over one line whose literal hits (prefilter pattern indexes) are known.
+    fn line_with_hits(
+        &mut self,
+        ts_ns: i64,
+        line: &[u8],
+        hits: &[u32],
+        on_match: &mut dyn FnMut(LineMatch<'_>),
+    ) {
         let compiled = Arc::clone(&self.compiled);
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
@@ -750,15 +895,15 @@ impl Batch<'_> {
             self.any_gen.fill(0);
             self.all_gen.fill(0);
             self.none_gen.fill(0);
+            self.touched_gen.fill(0);
+            self.regex_cache.generation.fill(0);
             self.generation = 1;
         }
         let generation = self.generation;
         self.touched.clear();
-        if let Some(ac) = &compiled.prefilter {
-            self.lower.clear();
-            self.lower.extend(line.iter().map(u8::to_ascii_lowercase));
-            for m in ac.find_overlapping_iter(&self.lower) {
-                for &(r, role) in &compiled.owners[m.pattern().as_usize()] {
+        for &pattern in hits {
+            {
+                for &(r, role) in &compiled.owners[pattern as usize] {
                     let ri = r as usize;
                     match role {
                         Role::Any => self.any_gen[ri] = generation,
@@ -771,7 +916,8 @@ impl Batch<'_> {
                         }
                         Role::None => self.none_gen[ri] = generation,
                     }
-                    if !matches!(role, Role::None) && !self.touched.contains(&r) {
+                    if !matches!(role, Role::None) && self.touched_gen[ri] != generation {
+                        self.touched_gen[ri] = generation;
                         self.touched.push(r);
                     }
                 }
@@ -779,16 +925,21 @@ impl Batch<'_> {
         }
         // Rules without literals are access-log rules: skip them on lines without the shape
         // `… [time] "request" …` before paying for UTF-8 validation and parsing.
-        let always = !compiled.always.is_empty() && memchr::memmem::find(line, b"] \"").is_some();
+        let always = !compiled.always.is_empty() && compiled.access_shape.find(line).is_some();
         if self.touched.is_empty() && !always {
             return;
         }
         if always {
-            self.touched.extend_from_slice(&compiled.always);
+            for &r in &compiled.always {
+                if self.touched_gen[r as usize] != generation {
+                    self.touched_gen[r as usize] = generation;
+                    self.touched.push(r);
+                }
+            }
         }
         if self.touched.len() > 1 {
+            // Rule order (for `on_match`); the list is short and usually nearly sorted.
             self.touched.sort_unstable();
-            self.touched.dedup();
         }
         let text: Cow<'_, str> = String::from_utf8_lossy(line);
         let mut view = LineView {
@@ -799,6 +950,7 @@ impl Batch<'_> {
         };
         let t_ms = ts_ns.div_euclid(1_000_000);
         let touched = std::mem::take(&mut self.touched);
+        let mut cache = std::mem::take(&mut self.regex_cache);
         for &r in &touched {
             let ri = r as usize;
             let rule = &compiled.rules[ri];
@@ -809,11 +961,12 @@ impl Batch<'_> {
                 && self.none_gen[ri] != generation
                 && self.stream_ok[ri];
             if gated {
-                self.eval_rule(&compiled, ri, &mut view, t_ms, ts_ns, on_match);
+                self.eval_rule(&compiled, ri, &mut view, &mut cache, t_ms, ts_ns, on_match);
             }
         }
+        self.regex_cache = cache;
         self.touched = touched;
-        self.newest_ms = self.newest_ms.max(t_ms);
+        self.newest_ms = self.newest_ms.max(t_ms.min(self.clock_cap_ms));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -822,6 +975,7 @@ impl Batch<'_> {
         compiled: &Compiled,
         ri: usize,
         view: &mut LineView<'t>,
+        cache: &mut RegexCache,
         t_ms: i64,
         ts_ns: i64,
         on_match: &mut dyn FnMut(LineMatch<'_>),
@@ -838,8 +992,12 @@ impl Batch<'_> {
         let caps = if rule.regexes.is_empty() {
             None
         } else {
-            match rule.regexes.iter().find_map(|re| re.captures(text)) {
-                Some(c) => Some(c),
+            match cache.first(compiled, ri, text, self.generation) {
+                Some(id) => Some(Caps {
+                    text,
+                    regex: &compiled.regexes[id],
+                    locs: &cache.locs[id],
+                }),
                 None => return,
             }
         };
@@ -879,7 +1037,7 @@ impl Batch<'_> {
                 Some(v) if f.name == "ip" || f.name.ends_with("_ip") => {
                     if let Some(ip) = extract::parse_ip(&v) {
                         allowlisted |= compiled.allowlist.iter().any(|net| net.contains(&ip));
-                        let _ = write!(self.key_buf, "{ip}");
+                        push_ip(&mut self.key_buf, ip);
                     } else if let Some(host) = extract::normalize_source(&v) {
                         self.key_buf.push_str(&host);
                     } else {
@@ -921,14 +1079,28 @@ impl Batch<'_> {
         let value_hash = value
             .as_deref()
             .map(|v| (self.detector.value_hasher.hash_one(v), v));
+        // Looked up before taking this rule's entry: never two map locks held at once.
+        let suppressed = compiled.suppressors[ri].iter().any(|&s| {
+            compiled.states[s as usize]
+                .get(self.key_buf.as_str())
+                .is_some_and(|state| state.open.is_some())
+        });
         let map = &compiled.states[ri];
         let outcome = if let Some(mut state) = map.get_mut(self.key_buf.as_str()) {
-            state.record(rule, t_ms, value_hash, kept, compiled.samples_per_key)
+            state.record(
+                rule,
+                t_ms,
+                value_hash,
+                kept,
+                compiled.samples_per_key,
+                suppressed,
+            )
         } else {
             if self.detector.total_keys.load(Ordering::Relaxed) >= compiled.max_keys {
-                self.detector
-                    .watermark_ms
-                    .fetch_max(self.newest_ms.max(t_ms), Ordering::Relaxed);
+                self.detector.watermark_ms.fetch_max(
+                    self.newest_ms.max(t_ms.min(self.clock_cap_ms)),
+                    Ordering::Relaxed,
+                );
                 self.detector.maintain(compiled, true);
             }
             let mut created = false;
@@ -939,7 +1111,14 @@ impl Batch<'_> {
             if created {
                 self.detector.total_keys.fetch_add(1, Ordering::Relaxed);
             }
-            state.record(rule, t_ms, value_hash, kept, compiled.samples_per_key)
+            state.record(
+                rule,
+                t_ms,
+                value_hash,
+                kept,
+                compiled.samples_per_key,
+                suppressed,
+            )
         };
         if outcome == Outcome::EmitDue {
             self.fired.push((ri as u32, self.key_buf.as_str().into()));
@@ -980,6 +1159,187 @@ impl Batch<'_> {
             sink.offer(inc);
         }
         self.detector.maintain(&compiled, false);
+    }
+}
+
+// === impl RegexCache ===
+
+/// Per shared regex: the line (`generation`) it last ran on, its verdict and its captures, so
+/// rules that share a regex run it once per line, without allocating.
+#[derive(Default)]
+struct RegexCache {
+    generation: Vec<u32>,
+    hit: Vec<bool>,
+    locs: Vec<regex::CaptureLocations>,
+}
+
+impl RegexCache {
+    /// Runs rule `ri`'s regexes in order (each at most once per line) and returns the index of
+    /// the first that matches.
+    fn first(
+        &mut self,
+        compiled: &Compiled,
+        ri: usize,
+        text: &str,
+        generation: u32,
+    ) -> Option<usize> {
+        for &id in &compiled.rule_regexes[ri] {
+            let id = id as usize;
+            if self.generation[id] != generation {
+                self.generation[id] = generation;
+                self.hit[id] = compiled.regexes[id]
+                    .captures_read(&mut self.locs[id], text)
+                    .is_some();
+            }
+            if self.hit[id] {
+                return Some(id);
+            }
+        }
+        None
+    }
+}
+
+/// The captures of the regex that matched a line.
+struct Caps<'t, 'c> {
+    text: &'t str,
+    regex: &'c regex::Regex,
+    locs: &'c regex::CaptureLocations,
+}
+
+impl<'t> Caps<'t, '_> {
+    fn name(&self, name: &str) -> Option<&'t str> {
+        let index = self.regex.capture_names().position(|n| n == Some(name))?;
+        let (start, end) = self.locs.get(index)?;
+        self.text.get(start..end)
+    }
+}
+
+/// Pushes the index of every literal occurrence in `line` (overlapping, ASCII case-insensitive)
+/// to `out`. A plain loop over the DFA's transitions, kept out of line so the state stays in a
+/// register: the hot loop of the engine.
+#[inline(never)]
+fn scan_literals(dfa: &DFA, line: &[u8], out: &mut Vec<u32>) {
+    let Ok(mut sid) = dfa.start_state(Anchored::No) else {
+        return;
+    };
+    for &byte in line {
+        sid = dfa.next_state(Anchored::No, sid, byte);
+        if dfa.is_special(sid) && dfa.is_match(sid) {
+            note_matches(dfa, sid, 0, out, |_, p| p);
+        }
+    }
+}
+
+#[cold]
+fn note_matches<T>(
+    dfa: &DFA,
+    sid: aho_corasick::automaton::StateID,
+    line: u32,
+    out: &mut Vec<T>,
+    make: impl Fn(u32, u32) -> T,
+) {
+    for i in 0..dfa.match_len(sid) {
+        out.push(make(line, dfa.match_pattern(sid, i).as_u32()));
+    }
+}
+
+/// Like [`scan_literals`] over many lines, pushing `(line index, pattern)`: four lines advance
+/// in lock step, so the four chains of dependent table look-ups overlap in the CPU instead of
+/// each waiting for the previous byte's transition.
+#[inline(never)]
+fn scan_lanes(dfa: &DFA, lines: &[&[u8]], out: &mut Vec<(u32, u32)>) {
+    const LANES: usize = 4;
+    let Ok(start) = dfa.start_state(Anchored::No) else {
+        return;
+    };
+    let mut next = 0usize;
+    // Per lane: the line it scans (usize::MAX: none), the position in it, and the state.
+    let mut line_of = [usize::MAX; LANES];
+    let mut pos = [0usize; LANES];
+    let mut sid = [start; LANES];
+    loop {
+        let mut live = 0;
+        let mut steps = usize::MAX;
+        for k in 0..LANES {
+            if line_of[k] == usize::MAX && next < lines.len() {
+                (line_of[k], pos[k], sid[k]) = (next, 0, start);
+                next += 1;
+            }
+            if line_of[k] != usize::MAX {
+                live += 1;
+                steps = steps.min(lines[line_of[k]].len() - pos[k]);
+            }
+        }
+        if live == 0 {
+            return;
+        }
+        if live == LANES && steps > 0 {
+            let l: [&[u8]; LANES] =
+                std::array::from_fn(|k| &lines[line_of[k]][pos[k]..pos[k] + steps]);
+            let [mut s0, mut s1, mut s2, mut s3] = sid;
+            for i in 0..steps {
+                s0 = dfa.next_state(Anchored::No, s0, l[0][i]);
+                s1 = dfa.next_state(Anchored::No, s1, l[1][i]);
+                s2 = dfa.next_state(Anchored::No, s2, l[2][i]);
+                s3 = dfa.next_state(Anchored::No, s3, l[3][i]);
+                if dfa.is_special(s0) | dfa.is_special(s1) | dfa.is_special(s2) | dfa.is_special(s3)
+                {
+                    for (k, s) in [s0, s1, s2, s3].into_iter().enumerate() {
+                        if dfa.is_special(s) && dfa.is_match(s) {
+                            note_matches(dfa, s, line_of[k] as u32, out, |l, p| (l, p));
+                        }
+                    }
+                }
+            }
+            sid = [s0, s1, s2, s3];
+            for p in &mut pos {
+                *p += steps;
+            }
+        } else if live < LANES {
+            // No lines left to refill with: finish the remaining lanes one by one.
+            for k in 0..LANES {
+                if line_of[k] == usize::MAX {
+                    continue;
+                }
+                let mut s = sid[k];
+                for &byte in &lines[line_of[k]][pos[k]..] {
+                    s = dfa.next_state(Anchored::No, s, byte);
+                    if dfa.is_special(s) && dfa.is_match(s) {
+                        note_matches(dfa, s, line_of[k] as u32, out, |l, p| (l, p));
+                    }
+                }
+                line_of[k] = usize::MAX;
+            }
+        }
+        // Lanes at the end of their line take the next line on the next turn.
+        for k in 0..LANES {
+            if line_of[k] != usize::MAX && pos[k] == lines[line_of[k]].len() {
+                line_of[k] = usize::MAX;
+            }
+        }
+    }
+}
+
+/// Appends `ip` as text; IPv4 without the formatting machinery (it is the hot key).
+fn push_ip(buf: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf.push('.');
+                }
+                if octet >= 100 {
+                    buf.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    buf.push(char::from(b'0' + octet / 10 % 10));
+                }
+                buf.push(char::from(b'0' + octet % 10));
+            }
+        }
+        std::net::IpAddr::V6(_) => {
+            let _ = write!(buf, "{ip}");
+        }
     }
 }
 

@@ -517,3 +517,33 @@ fn request_flood_counts_every_request_but_lists_no_line() {
         ("198.51.100.20", 600)
     );
 }
+
+#[test]
+fn every_builtin_rule_has_a_remediation() {
+    let raw: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(logwarden::detect::BUILTIN_RULES).unwrap();
+    let rules = raw["rules"].as_sequence().unwrap();
+    assert_eq!(rules.len(), detector().rule_ids().len());
+    for rule in rules {
+        let text = rule["remediation"].as_str().unwrap_or_default();
+        assert!(
+            text.split_whitespace().count() >= 8,
+            "rule {:?} needs a concrete remediation, got {text:?}",
+            rule["id"]
+        );
+    }
+}
+
+/// One SSH burst is one attack: the fast rule fires, the slow rule defers to it
+/// (`suppressed_by`) instead of raising a second incident for the same source.
+#[test]
+fn one_ssh_burst_raises_one_incident() {
+    let ssh = |_: usize| {
+        "May  1 00:00:01 h sshd[1]: Failed password for root from 198.51.100.7 port 1 ssh2"
+            .to_owned()
+    };
+    let got = feed(&detector(), 40, &ssh);
+    let rules: Vec<&str> = got.iter().map(|i| i.rule.as_str()).collect();
+    assert_eq!(rules, vec!["ssh-brute-force"], "{got:#?}");
+    assert_eq!(got[0].count, 40);
+}

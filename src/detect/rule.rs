@@ -78,6 +78,11 @@ pub struct RawRule {
     /// floods): their matches count but `scan --emit matches` does not list them.
     #[serde(default = "yes")]
     pub line_signal: bool,
+    /// Ids of rules that take precedence: while a key has an open incident of one of them,
+    /// this rule opens no incident (and emits no follow-up) for that key. One attack, one
+    /// incident: the slow SSH brute-force rule defers to the fast one.
+    #[serde(default)]
+    pub suppressed_by: Vec<String>,
     /// The window.
     pub aggregate: RawAggregate,
 }
@@ -304,6 +309,8 @@ pub struct Rule {
     pub include_allowlisted: bool,
     /// Whether single matches are listed by `scan --emit matches`.
     pub line_signal: bool,
+    /// Ids of the rules whose open incidents suppress this rule's (checked by the detector).
+    pub suppressed_by: Vec<String>,
     /// The distinct field, for distinct windows.
     pub distinct: Option<FieldRef>,
     /// The window parameters (tolerance from the detector config).
@@ -513,6 +520,7 @@ pub fn compile(raw: &RawRule, tolerance: Duration) -> Result<Rule, String> {
         key,
         include_allowlisted: raw.include_allowlisted,
         line_signal: raw.line_signal,
+        suppressed_by: raw.suppressed_by.clone(),
         distinct,
         spec: WindowSpec {
             threshold: agg.threshold,

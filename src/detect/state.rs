@@ -86,7 +86,7 @@ pub struct OpenIncident {
     pub emitted: u32,
     /// An emission is due at the end of the batch.
     pub emit_pending: bool,
-    /// Different values seen (exactly up to a bound).
+    /// Hashes of the different values seen (exactly up to a bound), ascending.
     pub distinct_hashes: Vec<u64>,
     /// The first different values, for the incident.
     pub distinct_values: Vec<String>,
@@ -117,7 +117,9 @@ impl KeyState {
     }
 
     /// Records one match at `t_ms`; `value` is the distinct field's (hash, text) for distinct
-    /// rules. Keeps `line` as a sample (at most `samples_per_key`).
+    /// rules. Keeps `line` as a sample (at most `samples_per_key`). `suppressed`: a rule this
+    /// one defers to (`suppressed_by`) has an open incident for the key, so a firing window
+    /// opens no incident and emits no follow-up (the match is still counted).
     pub fn record(
         &mut self,
         rule: &Rule,
@@ -125,6 +127,7 @@ impl KeyState {
         value: Option<(u64, &str)>,
         new: NewSample<'_>,
         samples_per_key: usize,
+        suppressed: bool,
     ) -> Outcome {
         let recorded = match (&mut self.window, value) {
             (Window::Count(w), _) => w.record(t_ms, &rule.spec),
@@ -157,6 +160,10 @@ impl KeyState {
                 open.add(t_ms, value);
                 Outcome::Counted
             }
+            Some(open) if fires && suppressed => {
+                open.add(t_ms, value);
+                Outcome::Counted
+            }
             Some(open) => {
                 // The cooldown has passed.
                 if fires {
@@ -175,7 +182,7 @@ impl KeyState {
                     Outcome::Counted
                 }
             }
-            None if fires => {
+            None if fires && !suppressed => {
                 let lower = t_ms.saturating_sub(rule.spec.window_ms);
                 let in_window: Vec<&KeptLine> = self
                     .samples
@@ -230,11 +237,14 @@ impl OpenIncident {
     }
 
     fn note_value(&mut self, hash: u64, value: &str) {
-        if self.distinct_hashes.len() >= MAX_COUNTED_VALUES || self.distinct_hashes.contains(&hash)
-        {
+        // Kept sorted: a long attack checks each match against up to MAX_COUNTED_VALUES hashes.
+        let Err(at) = self.distinct_hashes.binary_search(&hash) else {
+            return;
+        };
+        if self.distinct_hashes.len() >= MAX_COUNTED_VALUES {
             return;
         }
-        self.distinct_hashes.push(hash);
+        self.distinct_hashes.insert(at, hash);
         if self.distinct_values.len() < MAX_LISTED_VALUES {
             self.distinct_values.push(value.to_owned());
         }

@@ -373,3 +373,135 @@ fn metric(text: &str, name: &str) -> u64 {
         .and_then(|v| v.parse::<f64>().ok())
         .map_or(0, |v| v as u64)
 }
+
+/// Regression: idle keys expired against the newest event time of any entry, so one entry
+/// stamped years ahead expired every key at once. Event times beyond the wall clock plus
+/// `MAX_FUTURE_SKEW_MS` no longer advance that clock.
+#[test]
+fn a_far_future_entry_does_not_expire_other_keys() {
+    let mut h = harness(RULES);
+    h.detector.set_wall_clock(|| T0 / 1_000_000 + 2_000);
+    run(&h.detector, &[(0, A), (1, A)]);
+    let ten_years = 10 * 365 * 24 * 3600;
+    run(&h.detector, &[(ten_years, B)]);
+    assert_eq!(h.detector.total_keys.load(Ordering::Relaxed), 2);
+    let fired = run(&h.detector, &[(2, A)]);
+    assert_eq!(fired.len(), 1, "A's window survived: {fired:#?}");
+    assert_eq!(fired[0].count, 3);
+    // Time that really passes still expires idle keys.
+    h.detector.set_wall_clock(|| T0 / 1_000_000 + 7_200_000);
+    run(&h.detector, &[(3600, "nothing to see")]);
+    run(&h.detector, &[(3700, B)]);
+    assert_eq!(h.detector.total_keys.load(Ordering::Relaxed), 1);
+}
+
+const SUPPRESSED: &str = r#"
+rules:
+  - id: fast
+    severity: high
+    match: { any: ["fail from"], regex: ['fail from (?P<ip>\S+)'] }
+    key: ip
+    aggregate: { threshold: 3, window: 10s, cooldown: 60s }
+  - id: slow
+    severity: medium
+    suppressed_by: [fast]
+    match: { any: ["fail from"], regex: ['fail from (?P<ip>\S+)'] }
+    key: ip
+    aggregate: { threshold: 5, window: 200s, cooldown: 60s }
+"#;
+
+#[test]
+fn suppressed_by_keeps_one_incident_per_attack() {
+    let h = harness(SUPPRESSED);
+    // A burst: the fast rule fires at 3; the slow one reaches 5 while that incident is open.
+    let burst: Vec<(i64, &str)> = (0..8).map(|s| (s, A)).collect();
+    let got = run(&h.detector, &burst);
+    let rules: Vec<&str> = got.iter().map(|i| i.rule.as_str()).collect();
+    assert_eq!(rules, vec!["fast"], "{got:#?}");
+    // A slow attack from another source never fires the fast rule: the slow one fires.
+    let spread: Vec<(i64, &str)> = (0..5).map(|i| (i * 30, B)).collect();
+    let got = run(&h.detector, &spread);
+    let rules: Vec<(&str, &str)> = got
+        .iter()
+        .map(|i| (i.rule.as_str(), i.key.as_str()))
+        .collect();
+    assert_eq!(rules, vec![("slow", "198.51.100.1")], "{got:#?}");
+}
+
+#[test]
+fn suppressed_by_must_name_another_rule() {
+    for (list, bad) in [("[nope]", "nope"), ("[slow]", "slow")] {
+        let text = SUPPRESSED.replace("suppressed_by: [fast]", &format!("suppressed_by: {list}"));
+        let file = rules_file(&text);
+        let err = Detector::try_new(&config(&file), &prometheus::Registry::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "rule \"slow\" suppressed_by: \"{bad}\" must be the id of another rule"
+            )),
+            "{err}"
+        );
+    }
+}
+
+/// `process` scans several lines at once; it must find exactly what `line` finds one by one.
+#[test]
+fn pushes_and_single_lines_give_the_same_incidents() {
+    let mut lines: Vec<String> = Vec::new();
+    for i in 0..700 {
+        lines.push(match i % 7 {
+            0 => format!("May  1 00:00:00 h sshd[{i}]: Failed password for root from 203.0.113.{} port 22 ssh2", i % 3),
+            1 => format!(r#"192.0.2.{} - - [01/May/2024:00:00:00 +0000] "GET /p{i}.php?id=1%27%20union%20select%201 HTTP/1.1" 404 1 "-" "sqlmap/1.7""#, i % 2),
+            2 => String::new(),
+            3 => "x".repeat(i),
+            4 => format!("May  1 00:00:00 h kernel: w[{i}]: segfault at 0 ip 0 sp 0 error 4 in w"),
+            5 => "oom".to_owned(),
+            _ => format!("May  1 00:00:00 h sshd[{i}]: Invalid user u{i} from 198.51.100.{} port 1", i % 2),
+        });
+    }
+    let entries = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| EntryView {
+            timestamp_ns: T0 + i as i64 * 100_000_000,
+            line: Cow::Borrowed(l.as_bytes()),
+            structured_metadata: vec![],
+        })
+        .collect();
+    let labels = crate::decode::parse_labels(r#"{job="varlogs"}"#).unwrap();
+    let push = PushView {
+        streams: vec![StreamView { labels, entries }],
+    };
+    let builtin = || {
+        let registry = prometheus::Registry::new();
+        (
+            Detector::try_new(&DetectConfig::default(), &registry).unwrap(),
+            registry,
+        )
+    };
+    let (d1, r1) = builtin();
+    let by_push = Mutex::new(Vec::new());
+    d1.process("t", &push, &|i: Incident| by_push.lock().unwrap().push(i));
+    let (d2, r2) = builtin();
+    let by_line = Mutex::new(Vec::new());
+    let mut batch = d2.batch("t");
+    batch.set_stream_labels(&push.streams[0].labels);
+    for e in &push.streams[0].entries {
+        batch.line(e.timestamp_ns, &e.line, &mut |_| {});
+    }
+    batch.flush(&|i: Incident| by_line.lock().unwrap().push(i));
+    let json = |v: Mutex<Vec<Incident>>| serde_json::to_string(&v.into_inner().unwrap()).unwrap();
+    let (a, b) = (json(by_push), json(by_line));
+    assert!(a.len() > 1000, "the mix fires incidents: {a}");
+    assert_eq!(a, b);
+    let matches = |r: &prometheus::Registry| {
+        render(r)
+            .lines()
+            .filter(|l| l.starts_with("logwarden_rule_matches_total"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(matches(&r1), matches(&r2));
+    assert!(matches(&r1).len() >= 5, "{:?}", matches(&r1));
+}

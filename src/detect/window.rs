@@ -64,19 +64,28 @@ impl CountWindow {
         let newest = self.newest.map_or(t_ms, |n| n.max(t_ms));
         self.newest = Some(newest);
         if self.times.len() < threshold {
-            let at = self.times.partition_point(|&x| x <= t_ms);
-            self.times.insert(at, t_ms);
+            self.insert_sorted(t_ms);
         } else if self.times.front().is_some_and(|&oldest| t_ms > oldest) {
             // Full: the new time displaces the oldest kept one (only the newest matter).
             self.times.pop_front();
-            let at = self.times.partition_point(|&x| x <= t_ms);
-            self.times.insert(at, t_ms);
+            self.insert_sorted(t_ms);
         }
+        // `times` is ascending: the events in (lower, newest] are a suffix of it.
         let lower = newest.saturating_sub(spec.window_ms);
-        let in_window = self.times.iter().filter(|&&x| x > lower).count() as u32;
+        let in_window = (self.times.len() - self.times.partition_point(|&x| x <= lower)) as u32;
         Recorded::Counted {
             in_window,
             fires: in_window as usize >= threshold,
+        }
+    }
+
+    /// Inserts keeping `times` ascending; in-order events (the common case) are appended.
+    fn insert_sorted(&mut self, t_ms: i64) {
+        if self.times.back().is_none_or(|&last| last <= t_ms) {
+            self.times.push_back(t_ms);
+        } else {
+            let at = self.times.partition_point(|&x| x <= t_ms);
+            self.times.insert(at, t_ms);
         }
     }
 
