@@ -52,35 +52,10 @@ fn realistic_push() -> (PushRequest, usize, usize) {
     )
 }
 
-fn to_json(req: &PushRequest) -> Vec<u8> {
-    let streams: Vec<serde_json::Value> = req
-        .streams
-        .iter()
-        .map(|s| {
-            let labels = logwarden::decode::parse_labels(&s.labels).unwrap();
-            let stream: serde_json::Map<String, serde_json::Value> = labels
-                .iter()
-                .map(|(k, v)| (k.to_owned(), v.into()))
-                .collect();
-            let values: Vec<serde_json::Value> = s
-                .entries
-                .iter()
-                .map(|e| {
-                    let ts = e.timestamp.unwrap();
-                    let ns = ts.seconds as i128 * 1_000_000_000 + ts.nanos as i128;
-                    serde_json::json!([ns.to_string(), String::from_utf8_lossy(&e.line)])
-                })
-                .collect();
-            serde_json::json!({"stream": stream, "values": values})
-        })
-        .collect();
-    serde_json::to_vec(&serde_json::json!({ "streams": streams })).unwrap()
-}
-
 fn bench_decode(c: &mut Criterion) {
     let (req, line_bytes, lines) = realistic_push();
     let pb = encode_snappy(&req);
-    let json = to_json(&req);
+    let json = logwarden::loadgen::to_json(&req);
     let pb_meta = PushMeta {
         content_type: Some("application/x-protobuf"),
         content_encoding: None,

@@ -221,7 +221,8 @@ fn build_batch(args: &LoadgenArgs, seq: &AtomicU64, batch_no: u64) -> Batch {
     }
 }
 
-fn to_json(req: &PushRequest) -> Vec<u8> {
+/// Encodes a push request as Loki's v1 JSON (`{"streams":[{"stream":{..},"values":[..]}]}`).
+pub fn to_json(req: &PushRequest) -> Vec<u8> {
     let streams: Vec<serde_json::Value> = req
         .streams
         .iter()
