@@ -114,11 +114,12 @@ pub async fn read_body_capped(
 /// Handles `POST /loki/api/v1/push` and `POST /api/prom/push`.
 pub async fn push(State(app): State<App>, request: Request) -> Response {
     let (mut parts, body) = request.into_parts();
-    if let Err(denied) = authenticate(&app, &mut parts.headers) {
+    if !authenticate(&app, &mut parts.headers) {
         app.metrics()
             .push_rejected
             .with_label_values(&["unauthorized"])
             .inc();
+        let denied = unauthorized();
         record_status(&app, denied.status());
         return denied;
     }
@@ -179,19 +180,17 @@ pub async fn push(State(app): State<App>, request: Request) -> Response {
 }
 
 /// Checks the request's credential when auth is on; on success the headers carry the
-/// credential's tenant and no longer the credential. On failure returns the 401 to send.
-///
-/// # Errors
-/// The 401 response for a missing or unknown credential.
-pub fn authenticate(app: &App, headers: &mut HeaderMap) -> Result<(), Response> {
+/// credential's tenant and no longer the credential. Returns false for a missing or unknown
+/// credential (answer [`unauthorized`]).
+pub fn authenticate(app: &App, headers: &mut HeaderMap) -> bool {
     use crate::auth::{Authenticator, Verdict};
     match app.auth().check(headers) {
-        Verdict::Open => Ok(()),
+        Verdict::Open => true,
         Verdict::Tenant(tenant) => {
             Authenticator::rewrite(headers, &tenant);
-            Ok(())
+            true
         }
-        Verdict::Denied => Err(unauthorized()),
+        Verdict::Denied => false,
     }
 }
 

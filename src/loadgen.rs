@@ -182,7 +182,7 @@ fn build_batch(args: &LoadgenArgs, seq: &AtomicU64, batch_no: u64) -> Batch {
     while (line_bytes as usize) < args.batch_bytes.max(1) {
         let n = seq.fetch_add(1, Ordering::Relaxed);
         let mut line = String::with_capacity(160);
-        if attack_every > 0 && n % attack_every == 0 {
+        if attack_every > 0 && n.is_multiple_of(attack_every) {
             let ip = ATTACKERS[(n / attack_every) as usize % ATTACKERS.len()];
             let _ = write!(
                 line,

@@ -218,7 +218,7 @@ fn scan_one(
             in_batch = 0;
             batch.flush(&sink_fn);
             emit_incidents(out, args, &sink, totals)?;
-            if progress && line_no % (BATCH_LINES as u64 * 64) == 0 {
+            if progress && line_no.is_multiple_of(BATCH_LINES as u64 * 64) {
                 let secs = start.elapsed().as_secs_f64();
                 eprint!(
                     "\r\x1b[K{name}: {line_no} lines ({:.0} lines/s)",

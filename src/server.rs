@@ -66,8 +66,8 @@ async fn proxy(State(app): State<App>, mut request: Request) -> Response {
         .uri()
         .path_and_query()
         .map_or_else(|| path.to_owned(), |pq| pq.as_str().to_owned());
-    if let Err(denied) = crate::ingest::authenticate(&app, request.headers_mut()) {
-        return denied;
+    if !crate::ingest::authenticate(&app, request.headers_mut()) {
+        return crate::ingest::unauthorized();
     }
     let method = request.method().clone();
     let wants_upgrade = is_upgrade(request.headers());
