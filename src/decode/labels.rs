@@ -65,12 +65,25 @@ impl fmt::Display for Labels<'_> {
             if i > 0 {
                 out.push_str(", ");
             }
-            out.push_str(name);
+            push_name(&mut out, name);
             out.push('=');
             push_quoted(&mut out, value);
         }
         out.push('}');
         f.write_str(&out)
+    }
+}
+
+/// Appends a label name: bare when it is a classic identifier (`[a-zA-Z_][a-zA-Z0-9_]*`),
+/// quoted otherwise (the UTF-8 names Prometheus 3 syntax allows), so the output parses back.
+fn push_name(out: &mut String, name: &str) {
+    let mut bytes = name.bytes();
+    let classic = bytes.next().is_some_and(is_name_start)
+        && bytes.all(|c| c.is_ascii_alphanumeric() || c == b'_');
+    if classic {
+        out.push_str(name);
+    } else {
+        push_quoted(out, name);
     }
 }
 
@@ -389,6 +402,17 @@ mod tests {
             l.iter().collect::<Vec<_>>(),
             vec![("__name__", "up"), ("b", "x")]
         );
+    }
+
+    /// Found by the `labels` fuzz target: a quoted (UTF-8) label name was printed bare.
+    #[test]
+    fn quoted_names_round_trip() {
+        let input = "{\"aa={a\r\r\r0%u\"=\"qut\0\0\x1f\0}\009\"}";
+        let l = parse_labels(input).unwrap();
+        let s = l.to_string();
+        assert_eq!(parse_labels(&s).unwrap(), l, "{s}");
+        let plain = parse_labels(r#"{job="a"}"#).unwrap();
+        assert_eq!(plain.to_string(), r#"{job="a"}"#);
     }
 
     #[test]
