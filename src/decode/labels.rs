@@ -407,7 +407,7 @@ mod tests {
     /// Found by the `labels` fuzz target: a quoted (UTF-8) label name was printed bare.
     #[test]
     fn quoted_names_round_trip() {
-        let input = "{\"aa={a\r\r\r0%u\"=\"qut\0\0\x1f\0}\009\"}";
+        let input = "{\"aa={a\r\r\r0%u\"=\"qut\0\0\x1f\0}\x0009\"}";
         let l = parse_labels(input).unwrap();
         let s = l.to_string();
         assert_eq!(parse_labels(&s).unwrap(), l, "{s}");
