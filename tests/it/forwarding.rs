@@ -187,13 +187,7 @@ async fn unreachable_loki_is_502_and_stalled_loki_is_504() {
         .local_addr()
         .unwrap();
     let proxy = Proxy::start("", &format!("http://{dead}"), Arc::new(CountOnly)).await;
-    let resp = client()
-        .post(proxy.url(PUSH))
-        .header("content-type", "application/x-protobuf")
-        .body(promtail_fixture())
-        .send()
-        .await
-        .unwrap();
+    let resp = proxy.push_fixture().send().await.unwrap();
     assert_eq!(resp.status(), 502);
     assert!(resp.text().await.unwrap().contains("unreachable"));
 
@@ -206,13 +200,7 @@ async fn unreachable_loki_is_502_and_stalled_loki_is_504() {
     )
     .await;
     let started = std::time::Instant::now();
-    let resp = client()
-        .post(proxy.url(PUSH))
-        .header("content-type", "application/x-protobuf")
-        .body(promtail_fixture())
-        .send()
-        .await
-        .unwrap();
+    let resp = proxy.push_fixture().send().await.unwrap();
     assert_eq!(resp.status(), 504);
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -328,13 +316,7 @@ async fn h2c_upstream_works() {
         Arc::new(CountOnly),
     )
     .await;
-    let resp = client()
-        .post(proxy.url(PUSH))
-        .header("content-type", "application/x-protobuf")
-        .body(promtail_fixture())
-        .send()
-        .await
-        .unwrap();
+    let resp = proxy.push_fixture().send().await.unwrap();
     assert_eq!(resp.status(), 204);
     let got = loki.requests().pop().unwrap();
     assert_eq!(got.version, http::Version::HTTP_2);

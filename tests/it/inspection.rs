@@ -4,16 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::{client, promtail_fixture, FakeLoki, Proxy, Recorder, Reply};
+use crate::support::{FakeLoki, Proxy, Recorder, Reply};
 
 const ONE_WORKER: &str = "inspect:\n  workers: 1\n";
 
 async fn push(proxy: &Proxy, tenant: &str) -> u16 {
-    client()
-        .post(proxy.url("/loki/api/v1/push"))
-        .header("content-type", "application/x-protobuf")
+    proxy
+        .push_fixture()
         .header("x-scope-orgid", tenant)
-        .body(promtail_fixture())
         .send()
         .await
         .unwrap()

@@ -34,25 +34,19 @@ async fn with_auth(loki: &FakeLoki, protect_metrics: bool) -> (Proxy, tempfile::
     )
 }
 
-fn push(proxy: &Proxy) -> reqwest::RequestBuilder {
-    client()
-        .post(proxy.url("/loki/api/v1/push"))
-        .header("content-type", "application/x-protobuf")
-        .body(promtail_fixture())
-}
-
 #[tokio::test]
 async fn unauthenticated_requests_get_401_and_never_reach_loki() {
     let loki = FakeLoki::start().await;
     let (proxy, _dir) = with_auth(&loki, false).await;
-    let r = push(&proxy).send().await.unwrap();
+    let r = proxy.push_fixture().send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert!(r.headers()["www-authenticate"]
         .to_str()
         .unwrap()
         .starts_with("Basic"));
     assert_eq!(
-        push(&proxy)
+        proxy
+            .push_fixture()
             .bearer_auth("wrong")
             .send()
             .await
@@ -61,7 +55,8 @@ async fn unauthenticated_requests_get_401_and_never_reach_loki() {
         401
     );
     assert_eq!(
-        push(&proxy)
+        proxy
+            .push_fixture()
             .basic_auth("promtail", Some("wrong"))
             .send()
             .await
@@ -111,14 +106,16 @@ async fn credentials_set_the_tenant_and_are_not_forwarded() {
     let loki = FakeLoki::start().await;
     let (proxy, _dir) = with_auth(&loki, false).await;
     // A client that claims another tenant still writes only to its own.
-    let r = push(&proxy)
+    let r = proxy
+        .push_fixture()
         .bearer_auth("token-acme")
         .header("x-scope-orgid", "victim")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let r = push(&proxy)
+    let r = proxy
+        .push_fixture()
         .basic_auth("promtail", Some("pw-beta"))
         .send()
         .await

@@ -236,6 +236,14 @@ impl Proxy {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// A push of the Promtail fixture, as Promtail sends it, ready to send or extend.
+    pub fn push_fixture(&self) -> reqwest::RequestBuilder {
+        client()
+            .post(self.url("/loki/api/v1/push"))
+            .header("content-type", "application/x-protobuf")
+            .body(promtail_fixture())
+    }
+
     /// Signals shutdown without waiting for it.
     pub fn begin_stop(&mut self) {
         if let Some(tx) = self.stop.take() {
