@@ -74,34 +74,80 @@ async fn our_own_504_is_not_inspected_and_the_retry_is() {
 }
 
 /// An inspector that takes far longer than a push: the answer must not wait for it.
-struct Slow;
-impl logwarden::inspect::PushInspector for Slow {
-    fn inspect(&self, _t: &str, _p: &logwarden::decode::PushView<'_>) {
-        std::thread::sleep(Duration::from_millis(300));
+/// An inspector that blocks every inspection until the test opens it: the worker stays busy
+/// with the first push for as long as the test needs, whatever the machine's speed.
+#[derive(Default)]
+struct Gate {
+    state: std::sync::Mutex<(bool, usize)>,
+    changed: std::sync::Condvar,
+}
+
+impl Gate {
+    /// Waits until `n` inspections have started.
+    async fn entered(&self, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.state.lock().unwrap().1 < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "inspection never started"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
+
+    fn open(&self) {
+        self.state.lock().unwrap().0 = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Opens the gate when dropped, so a failing assertion cannot leave the worker blocked.
+struct OpenOnDrop(Arc<Gate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+impl logwarden::inspect::PushInspector for Gate {
+    fn inspect(&self, _t: &str, _p: &logwarden::decode::PushView<'_>) {
+        let mut state = self.state.lock().unwrap();
+        state.1 += 1;
+        while !state.0 {
+            state = self.changed.wait(state).unwrap();
+        }
+    }
+}
+
+/// Pushes with a deadline far beyond any forwarding time: a push that waited on the blocked
+/// inspection would never be answered.
+async fn push_not_waiting_on_inspection(proxy: &Proxy) -> u16 {
+    tokio::time::timeout(Duration::from_secs(10), push(proxy, "t"))
+        .await
+        .expect("the push waited on inspection")
 }
 
 #[tokio::test]
 async fn full_inspection_queue_sheds_inspection_not_forwarding() {
     let loki = FakeLoki::start().await;
+    let gate = Arc::new(Gate::default());
     let proxy = Proxy::start(
         "inspect:\n  workers: 1\n  queue_capacity: 1\n",
         &loki.url(),
-        Arc::new(Slow),
+        gate.clone(),
     )
     .await;
-    let started = std::time::Instant::now();
-    for _ in 0..6 {
-        assert_eq!(push(&proxy, "t").await, 204);
+    let _open = OpenOnDrop(gate.clone());
+    assert_eq!(push_not_waiting_on_inspection(&proxy).await, 204);
+    gate.entered(1).await;
+    for _ in 0..5 {
+        assert_eq!(push_not_waiting_on_inspection(&proxy).await, 204);
     }
-    assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "pushes waited on inspection"
-    );
     assert_eq!(loki.requests().len(), 6);
     let dropped = proxy.app.metrics().inspect_dropped.get();
-    // One in the worker, one queued; the rest are shed.
-    assert!(dropped >= 3, "dropped {dropped}");
+    // One in the worker, one queued; the other four are shed.
+    assert_eq!(dropped, 4);
     let text = proxy.app.render_metrics();
     assert!(
         text.contains(&format!("logwarden_inspect_queue_dropped_total {dropped}")),
@@ -113,15 +159,21 @@ async fn full_inspection_queue_sheds_inspection_not_forwarding() {
 async fn queued_body_bytes_are_bounded() {
     let loki = FakeLoki::start().await;
     // Room for one fixture (7317 bytes) waiting; the worker is busy with the first.
+    let gate = Arc::new(Gate::default());
     let proxy = Proxy::start(
         "inspect:\n  workers: 1\n  queue_capacity: 100\n  queue_bytes: 8000\n",
         &loki.url(),
-        Arc::new(Slow),
+        gate.clone(),
     )
     .await;
-    for _ in 0..5 {
-        assert_eq!(push(&proxy, "t").await, 204);
+    let _open = OpenOnDrop(gate.clone());
+    assert_eq!(push_not_waiting_on_inspection(&proxy).await, 204);
+    gate.entered(1).await;
+    for _ in 0..4 {
+        assert_eq!(push_not_waiting_on_inspection(&proxy).await, 204);
     }
+    // One fixture fits in the byte budget; the other three are shed although the queue has
+    // room for 100 pushes.
     let dropped = proxy.app.metrics().inspect_dropped.get();
-    assert!((2..=3).contains(&dropped), "dropped {dropped}");
+    assert_eq!(dropped, 3);
 }
