@@ -63,6 +63,9 @@ pub struct RawConfig {
     pub reports: crate::notify::ReportsConfig,
     /// Optional client authentication, each credential mapped to a tenant (docs/security.md).
     pub auth: crate::auth::AuthConfig,
+    /// Where detection windows live: this process, or Redis shared by every replica
+    /// (docs/scaling.md).
+    pub state: crate::state::StateConfig,
 }
 
 /// Protection against slow, greedy or hostile clients.
@@ -366,6 +369,7 @@ impl Config {
             ));
         }
         raw.detect.validate().map_err(detect_error)?;
+        raw.state.validate()?;
         raw.analyze.validate()?;
         crate::notify::validate(&raw.notify, &raw.reports)?;
         crate::auth::Authenticator::try_new(&raw.auth)?;

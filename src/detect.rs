@@ -35,6 +35,7 @@ use self::rule::{ParserKind, Rule, RuleFile};
 use self::state::{hash_bytes, hash_str, KeyMap, KeyState, NewSample, Outcome};
 use crate::decode::{labels::push_quoted, EntryView, Labels, PushView};
 use crate::incident::{EventTime, Incident, IncidentSink, Sample};
+use crate::state::{BatchDeltas, BatchTotals, SharedState, WindowKind, WindowParams, WindowRef};
 
 /// The built-in rule pack, embedded in the binary.
 pub const BUILTIN_RULES: &str = include_str!("detect/builtin.yml");
@@ -526,6 +527,8 @@ pub struct Detector {
     /// [`MAX_FUTURE_SKEW_MS`] do not advance the watermark.
     wall_clock_ms: fn() -> i64,
     value_hasher: foldhash::quality::RandomState,
+    /// Windows and claims shared with the other replicas (`state.backend: redis`).
+    shared: Option<SharedState>,
 }
 
 impl std::fmt::Debug for Detector {
@@ -567,7 +570,16 @@ impl Detector {
             sweeping: Mutex::new(i64::MIN),
             wall_clock_ms: system_time_ms,
             value_hasher: foldhash::quality::RandomState::default(),
+            shared: None,
         })
+    }
+
+    /// Shares windows, samples and incident claims with other replicas through `shared`
+    /// (`state.backend: redis`; `None` keeps them in this process). See docs/scaling.md.
+    #[must_use]
+    pub fn with_shared_state(mut self, shared: Option<SharedState>) -> Self {
+        self.shared = shared;
+        self
     }
 
     /// Swaps in the rules and settings of `cfg` atomically. Windows of rules whose id, key and
@@ -643,6 +655,8 @@ impl Detector {
             matches: vec![0; n],
             newest_ms: i64::MIN,
             clock_cap_ms: (self.wall_clock_ms)().saturating_add(MAX_FUTURE_SKEW_MS),
+            deltas: self.shared.as_ref().map(SharedState::batch),
+            delta_keys: Vec::new(),
             compiled,
         }
     }
@@ -739,6 +753,10 @@ pub struct Batch<'d> {
     newest_ms: i64,
     /// Wall clock at the start of the batch plus the allowed skew.
     clock_cap_ms: i64,
+    /// With shared state: this batch's matches aggregated per (rule, key), sent at the flush.
+    deltas: Option<BatchDeltas>,
+    /// (rule, map key) of each entry of `deltas`, in the same order.
+    delta_keys: Vec<(u32, Box<str>)>,
 }
 
 /// Per-line lazily computed views shared by the rules that look at the line.
@@ -1070,9 +1088,11 @@ impl Batch<'_> {
         if !key_ok || allowlisted || (rule.distinct.is_some() && value.is_none()) {
             return;
         }
+        let kept_line = truncate(view.text, compiled.max_sample_bytes);
+        let labels_for_shared = self.deltas.as_ref().map(|_| Arc::clone(&labels));
         let kept = NewSample {
             ts_ns,
-            line: truncate(view.text, compiled.max_sample_bytes),
+            line: kept_line,
             labels,
             value: value.as_deref(),
         };
@@ -1123,6 +1143,39 @@ impl Batch<'_> {
         if outcome == Outcome::EmitDue {
             self.fired.push((ri as u32, self.key_buf.as_str().into()));
         }
+        if outcome != Outcome::Late {
+            if let Some(deltas) = &mut self.deltas {
+                let before = deltas.len();
+                let params = WindowParams {
+                    kind: if rule.distinct.is_some() {
+                        WindowKind::Distinct
+                    } else {
+                        WindowKind::Count
+                    },
+                    threshold: rule.spec.threshold,
+                    window_ms: rule.spec.window_ms,
+                    tolerance_ms: rule.spec.tolerance_ms,
+                };
+                let at = WindowRef {
+                    tenant: &self.tenant,
+                    rule: &rule.id,
+                    key: &self.key_buf[prefix..],
+                };
+                let entry = deltas.entry(at, &params);
+                match value.as_deref() {
+                    // A hash every replica computes alike (the value hasher is per process).
+                    Some(v) => entry.distinct(hash_str(v), t_ms),
+                    None => entry.count(t_ms),
+                }
+                if let Some(labels) = &labels_for_shared {
+                    entry.sample(ts_ns, kept_line, labels, value.as_deref());
+                }
+                if deltas.len() > before {
+                    self.delta_keys
+                        .push((ri as u32, self.key_buf.as_str().into()));
+                }
+            }
+        }
     }
 
     /// Emits the incidents that fired in this batch (with the evidence of the whole batch),
@@ -1140,17 +1193,46 @@ impl Batch<'_> {
                 .watermark_ms
                 .fetch_max(self.newest_ms, Ordering::Relaxed);
         }
+        let totals = self.share(&compiled);
         let mut incidents = Vec::new();
         for (ri, map_key) in self.fired.drain(..) {
             let rule = &compiled.rules[ri as usize];
             let Some(mut state) = compiled.states[ri as usize].get_mut(&map_key) else {
                 continue;
             };
-            if let Some(inc) = build_incident(rule, &map_key, &mut state) {
-                incidents.push(inc);
+            if let Some(mut inc) = build_incident(rule, &map_key, &mut state) {
+                let at = WindowRef {
+                    tenant: &inc.tenant,
+                    rule: &inc.rule,
+                    key: &inc.key,
+                };
+                if let Some(t) = totals.as_ref().and_then(|t| t.get(at)) {
+                    merge_shared(&mut inc, rule, t);
+                }
+                incidents.push((ri, inc));
             }
         }
-        for inc in incidents {
+        for (ri, inc) in incidents {
+            if let Some(shared) = &self.detector.shared {
+                // One replica alone reports an attack: the one that holds its claim.
+                let cooldown = u64::try_from(compiled.rules[ri as usize].cooldown_ms)
+                    .unwrap_or(0)
+                    .max(1);
+                let claim = shared.claim(
+                    &inc.tenant,
+                    &inc.rule,
+                    &inc.key,
+                    Duration::from_millis(cooldown),
+                );
+                if !claim.should_notify() {
+                    tracing::debug!(
+                        rule = %inc.rule,
+                        key = %inc.key,
+                        "incident claimed by another replica; not reported here"
+                    );
+                    continue;
+                }
+            }
             self.detector
                 .metrics
                 .incidents
@@ -1159,6 +1241,69 @@ impl Batch<'_> {
             sink.offer(inc);
         }
         self.detector.maintain(&compiled, false);
+    }
+}
+
+impl Batch<'_> {
+    /// With shared state: sends this batch's deltas in one round trip and applies the
+    /// cluster-wide totals, adding the keys that fire only cluster-wide to `fired`. Returns
+    /// the totals, or `None` when nothing is shared or Redis failed (degraded: the local
+    /// verdicts stand).
+    fn share(&mut self, compiled: &Compiled) -> Option<BatchTotals> {
+        let shared = self.detector.shared.as_ref()?;
+        let deltas = self.deltas.as_mut()?;
+        let keys = std::mem::take(&mut self.delta_keys);
+        if deltas.is_empty() {
+            return None;
+        }
+        let result = shared.sync(deltas);
+        deltas.clear();
+        let totals = result.ok()?;
+        for ((ri, map_key), (_, t)) in keys.into_iter().zip(totals.iter()) {
+            if !t.fires {
+                continue;
+            }
+            let ri = ri as usize;
+            let rule = &compiled.rules[ri];
+            // Looked up before taking this rule's entry: never two map locks held at once.
+            let suppressed = compiled.suppressors[ri].iter().any(|&s| {
+                compiled.states[s as usize]
+                    .get(&map_key)
+                    .is_some_and(|state| state.open.is_some())
+            });
+            let Some(mut state) = compiled.states[ri].get_mut(&map_key) else {
+                continue;
+            };
+            if state.apply_shared(rule, t.newest_ms, t.total, suppressed) == Outcome::EmitDue {
+                drop(state);
+                self.fired.push((ri as u32, map_key));
+            }
+        }
+        Some(totals)
+    }
+}
+
+/// Puts the cluster-wide view into an incident about to be reported: the larger count and the
+/// sample lines every replica contributed.
+fn merge_shared(inc: &mut Incident, rule: &Rule, totals: &crate::state::KeyTotals) {
+    if rule.distinct.is_some() {
+        inc.distinct_count = inc.distinct_count.max(totals.total);
+    } else {
+        inc.count = inc.count.max(totals.total);
+    }
+    if !totals.samples.is_empty() {
+        inc.samples = totals
+            .samples
+            .iter()
+            .map(|s| Sample {
+                timestamp: EventTime(s.ts_ns),
+                line: s.line.clone(),
+                labels: s.labels.clone(),
+            })
+            .collect();
+        if let Some(first) = inc.samples.first() {
+            inc.first_seen = EventTime(inc.first_seen.0.min(first.timestamp.0));
+        }
     }
 }
 

@@ -83,9 +83,19 @@ impl App {
     /// When the rules do not compile or the upstream HTTP client cannot be built.
     pub fn with_detection(config: Config) -> anyhow::Result<(App, IncidentReceiver)> {
         let registry = prometheus::Registry::new();
+        let shared = state::SharedState::from_config(&config.raw.state, &registry)?;
+        if let Some(s) = &shared {
+            tracing::info!(
+                redis = %state::redact(&s.config().redis_url),
+                key_prefix = %s.config().key_prefix,
+                replica = %s.replica_id(),
+                "detection windows and incident claims shared through Redis"
+            );
+        }
         let detector = Arc::new(
             detect::Detector::try_new(&config.raw.detect, &registry)
-                .map_err(config::detect_error)?,
+                .map_err(config::detect_error)?
+                .with_shared_state(shared),
         );
         let (queue, incidents_rx) =
             incident::IncidentQueue::try_new(incident::IncidentQueue::DEFAULT_CAPACITY, &registry)?;
@@ -186,6 +196,9 @@ impl App {
         let old = &self.inner.config;
         if new.listen != old.listen || new.upstream_url != old.upstream_url {
             tracing::warn!("listen and upstream changes take effect after a restart");
+        }
+        if new.raw.state != old.raw.state {
+            tracing::warn!("state: changes take effect after a restart");
         }
         // Credentials first: a bad credentials file rejects the whole reload.
         let auth = match auth::Authenticator::try_new(&new.raw.auth) {

@@ -3,8 +3,7 @@
 //! here. Every test uses its own key prefix, so they run in parallel against one Redis.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
@@ -14,51 +13,12 @@ use logwarden::state::{
 };
 use prometheus::Registry;
 
-const SHARED_REDIS: &str = "127.0.0.1:6379";
+#[path = "common/redis.rs"]
+mod redis_support;
 
-/// Says loudly why a test that needs Redis is skipped; under CI (`CI=true`) it fails instead.
-fn require_redis() -> bool {
-    let up =
-        TcpStream::connect_timeout(&SHARED_REDIS.parse().unwrap(), Duration::from_secs(1)).is_ok();
-    if !up {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("Redis is required under CI on {SHARED_REDIS} but is not reachable (.ci/run starts it)");
-        }
-        eprintln!(
-            "\n!!! SKIPPED: no Redis on {SHARED_REDIS}; start redis-server to run this test !!!\n"
-        );
-    }
-    up
-}
-
-/// Like `require_redis` for the `redis-server` binary the outage test starts itself.
-fn require_redis_server() -> bool {
-    let found = Command::new("sh")
-        .args(["-c", "command -v redis-server"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!(
-                "redis-server is required under CI but was not found on PATH (.ci/run installs it)"
-            );
-        }
-        eprintln!(
-            "\n!!! SKIPPED: redis-server not found on PATH; install it to run this test !!!\n"
-        );
-    }
-    found
-}
-
-/// A key prefix no other test (or run) uses.
-fn prefix(test: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("lwtest-{test}-{}-{nanos}", std::process::id())
-}
+use redis_support::{
+    cleanup, free_port, prefix, require_redis, require_redis_server, PrivateRedis, SHARED_REDIS,
+};
 
 fn config(prefix: &str, url: &str) -> StateConfig {
     StateConfig {
@@ -82,23 +42,6 @@ fn metric(registry: &Registry, line_start: &str) -> Option<f64> {
     logwarden::metrics::render(registry)
         .lines()
         .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
-}
-
-/// Deletes every key under `prefix` (keys expire anyway; this keeps a shared Redis tidy).
-fn cleanup(prefix: &str) {
-    let Ok(client) = redis::Client::open(format!("redis://{SHARED_REDIS}")) else {
-        return;
-    };
-    let Ok(mut con) = client.get_connection_with_timeout(Duration::from_secs(1)) else {
-        return;
-    };
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query(&mut con)
-        .unwrap_or_default();
-    if !keys.is_empty() {
-        let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query(&mut con);
-    }
 }
 
 fn at<'a>(tenant: &'a str, rule: &'a str, key: &'a str) -> WindowRef<'a> {
@@ -499,54 +442,6 @@ fn a_large_batch_is_one_round_trip() {
 }
 
 // === outages ===
-
-/// A private `redis-server` on a loopback port of its own, killed on drop.
-struct PrivateRedis {
-    port: u16,
-    child: Child,
-}
-
-impl PrivateRedis {
-    fn start(port: u16) -> PrivateRedis {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        PrivateRedis { port, child }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Collects what the test's tracing subscriber writes.
 #[derive(Clone, Default)]

@@ -97,6 +97,9 @@ pub struct OpenIncident {
 pub enum Outcome {
     /// Counted; nothing to emit (or an emission was already due).
     Counted,
+    /// Older than the window's out-of-order tolerance: the window ignored it (an open
+    /// incident may still have counted it). Not shared with other replicas.
+    Late,
     /// An emission became due: the caller remembers the key and flushes it after the batch.
     EmitDue,
 }
@@ -155,7 +158,8 @@ impl KeyState {
             self.samples.insert(at, kept);
         }
         let fires = recorded.fires();
-        match &mut self.open {
+        let late = matches!(recorded, Recorded::Late);
+        let outcome = match &mut self.open {
             Some(open) if t_ms < open.cooldown_until_ms || matches!(recorded, Recorded::Late) => {
                 open.add(t_ms, value);
                 Outcome::Counted
@@ -221,6 +225,78 @@ impl KeyState {
                 Outcome::EmitDue
             }
             None => Outcome::Counted,
+        };
+        if late && outcome == Outcome::Counted {
+            Outcome::Late
+        } else {
+            outcome
+        }
+    }
+
+    /// Applies the cluster-wide view of this key after its batch was shared with the other
+    /// replicas (`state.backend: redis`): `total` events (or distinct values) in the window
+    /// ending at `newest_ms`, the newest event time of the key on any replica.
+    ///
+    /// Fires when the cluster-wide total reached the threshold although this replica's own
+    /// window did not: opens an incident counting `total`, or emits a follow-up when the
+    /// open one's cooldown has passed. An emission already due from the local window just
+    /// takes the larger count. Returns [`Outcome::EmitDue`] when an emission became due.
+    pub fn apply_shared(
+        &mut self,
+        rule: &Rule,
+        newest_ms: i64,
+        total: u64,
+        suppressed: bool,
+    ) -> Outcome {
+        if total < u64::from(rule.spec.threshold) {
+            return Outcome::Counted;
+        }
+        match &mut self.open {
+            Some(open) if open.emit_pending => {
+                open.count = open.count.max(total);
+                Outcome::Counted
+            }
+            Some(open) if newest_ms < open.cooldown_until_ms || suppressed => Outcome::Counted,
+            Some(open) => {
+                open.window_end_ms = newest_ms;
+                open.cooldown_until_ms = newest_ms.saturating_add(rule.cooldown_ms);
+                open.last_seen_ms = open.last_seen_ms.max(newest_ms);
+                open.emit_pending = true;
+                Outcome::EmitDue
+            }
+            None if suppressed => Outcome::Counted,
+            None => {
+                let lower = newest_ms.saturating_sub(rule.spec.window_ms);
+                let in_window: Vec<&KeptLine> = self
+                    .samples
+                    .iter()
+                    .filter(|s| s.ts_ns.div_euclid(1_000_000) > lower)
+                    .collect();
+                let count = total.max(in_window.len() as u64);
+                let mut open = OpenIncident {
+                    fired_ms: newest_ms,
+                    window_end_ms: newest_ms,
+                    cooldown_until_ms: newest_ms.saturating_add(rule.cooldown_ms),
+                    first_seen_ms: in_window
+                        .first()
+                        .map_or(newest_ms, |s| s.ts_ns.div_euclid(1_000_000))
+                        .min(newest_ms),
+                    last_seen_ms: newest_ms,
+                    count,
+                    since_emit: count,
+                    emitted: 0,
+                    emit_pending: true,
+                    distinct_hashes: Vec::new(),
+                    distinct_values: Vec::new(),
+                };
+                for s in &in_window {
+                    if let Some(v) = &s.value {
+                        open.note_value(hash_str(v), v);
+                    }
+                }
+                self.open = Some(open);
+                Outcome::EmitDue
+            }
         }
     }
 }

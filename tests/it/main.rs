@@ -9,4 +9,5 @@ mod loadgen;
 mod metrics;
 mod pipeline;
 mod process;
+mod scaling;
 mod security;
