@@ -122,6 +122,9 @@ fn bench(c: &mut Criterion) {
     let trips = count("logwarden_state_redis_round_trips_total{op=\"batch\"}")
         + count("logwarden_state_redis_round_trips_total{op=\"load_script\"}");
     let secs = count("logwarden_state_redis_duration_seconds_sum{op=\"batch\"}");
+    if batches == 0 {
+        return;
+    }
     eprintln!(
         "redis round trips per batch: {:.3} ({trips} round trips, {batches} batches of {KEYS} keys); \
          mean round trip {:.3} ms",
@@ -130,5 +133,105 @@ fn bench(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, bench);
+/// A fleet's push of about `bytes` bytes: every 8th line is an attack line (SSH failures and web
+/// probes from 250 addresses), the rest ordinary access and service lines.
+fn fleet_lines(bytes: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut total = 0;
+    for i in 0.. {
+        if total >= bytes {
+            break;
+        }
+        let l = match (i % 8, i % 3) {
+            (0, 0) => format!(
+                "Nov 26 09:00:00 host{} sshd[{i}]: Failed password for root from 203.0.113.{} port {i} ssh2",
+                i % 10,
+                i % 250
+            ),
+            (0, _) => format!(
+                r#"192.0.2.{} - - [26/Nov/2026:09:00:00 +0000] "GET /.env?{i} HTTP/1.1" 404 162 "-" "Mozilla/5.0""#,
+                i % 250
+            ),
+            (_, 0) => format!(
+                r#"198.51.100.{} - - [26/Nov/2026:09:00:00 +0000] "GET /static/app.{i}.js HTTP/1.1" 200 4312 "-" "Mozilla/5.0 (X11; Linux x86_64)""#,
+                i % 200
+            ),
+            _ => format!("Nov 26 09:00:00 host{} app[812]: order {i} placed in 12ms", i % 10),
+        };
+        total += l.len();
+        out.push(l);
+    }
+    out
+}
+
+/// The detection stage over the same pushes with `local` and `redis` state: the ratio is what
+/// sharing windows costs the inspection workers (never the request path).
+fn bench_stage(c: &mut Criterion) {
+    use logwarden::detect::{DetectConfig, Detector};
+    let up = TcpStream::connect_timeout(&"127.0.0.1:6379".parse().unwrap(), Duration::from_secs(1))
+        .is_ok();
+    if !up {
+        eprintln!("\n!!! SKIPPED: detect_stage needs Redis on 127.0.0.1:6379 !!!\n");
+        return;
+    }
+    let cfg = StateConfig {
+        backend: Backend::Redis,
+        key_prefix: format!("lwbench-stage-{}", std::process::id()),
+        timeout: Duration::from_millis(500),
+        ..StateConfig::default()
+    };
+    let labels: std::collections::BTreeMap<String, String> =
+        [("job".to_owned(), "fleet".to_owned())].into();
+    let sink = |_: logwarden::incident::Incident| {};
+    for (name, bytes) in [("64KiB", 64 << 10), ("1MiB", 1 << 20)] {
+        let lines = fleet_lines(bytes);
+        let mut group = c.benchmark_group(format!("detect_stage_{name}"));
+        group.throughput(Throughput::Elements(lines.len() as u64));
+        for backend in ["local", "redis"] {
+            let registry = prometheus::Registry::new();
+            let detector = Detector::try_new(&DetectConfig::default(), &registry).unwrap();
+            let detector = if backend == "redis" {
+                detector.with_shared_state(Some(SharedState::try_new(&cfg, &registry).unwrap()))
+            } else {
+                detector
+            };
+            // Event time moves one second per push, as a live stream's would.
+            let mut push_no = 0i64;
+            group.bench_function(backend, |b| {
+                b.iter(|| {
+                    push_no += 1;
+                    let ts = (T0 + push_no * 1_000) * 1_000_000;
+                    let mut batch = detector.batch("bench");
+                    batch.set_stream_map(labels.clone());
+                    for l in &lines {
+                        batch.line(ts, l.as_bytes(), &mut |_| {});
+                    }
+                    batch.flush(&sink);
+                })
+            });
+            if backend == "redis" && push_no > 0 {
+                let text = logwarden::metrics::render(&registry);
+                let sum = |prefix: &str| -> f64 {
+                    text.lines()
+                        .filter_map(|l| l.strip_prefix(prefix)?.trim().parse::<f64>().ok())
+                        .sum()
+                };
+                let trips = sum("logwarden_state_redis_round_trips_total{op=\"batch\"}")
+                    + sum("logwarden_state_redis_round_trips_total{op=\"load_script\"}");
+                let batches = sum("logwarden_state_batches_total{outcome=\"shared\"}");
+                let keys = sum("logwarden_state_batch_keys_sum");
+                eprintln!(
+                    "{name} pushes ({} lines): {:.3} Redis round trips per push, {:.0} keys per push \
+                     ({trips} round trips, {batches} pushes)",
+                    lines.len(),
+                    trips / batches.max(1.0),
+                    keys / batches.max(1.0)
+                );
+            }
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench, bench_stage);
 criterion_main!(benches);

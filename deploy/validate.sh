@@ -9,7 +9,7 @@
 #   2. YAML syntax of the other config files (if python3 with PyYAML is here).
 #   3. loki-config.yml: Loki 3 shape (tsdb + v13) and none of the 2.x keys that
 #      Loki 3 rejects at start-up or deprecates.
-#   4. deploy/logwarden.example.yml with `logwarden check-config`, when a
+#   4. deploy/logwarden.{example,compose,scale}.yml with `logwarden check-config`, when a
 #      binary is given as $1.
 #   5. deploy/logwarden.service with `systemd-analyze verify`, when present.
 # Anything not checked is reported as SKIPPED on stderr.
@@ -111,10 +111,10 @@ done
 ok "tsdb + v13 + filesystem, no removed keys"
 
 # --- 4. logwarden check-config -----------------------------------------------------
-step "deploy/logwarden.{example,compose}.yml: logwarden check-config"
+step "deploy/logwarden.{example,compose,scale}.yml: logwarden check-config"
 if [ -n "$binary" ]; then
   [ -x "$binary" ] || fail "$binary is not an executable file"
-  for cfg in deploy/logwarden.example.yml deploy/logwarden.compose.yml; do
+  for cfg in deploy/logwarden.example.yml deploy/logwarden.compose.yml deploy/logwarden.scale.yml; do
     "$binary" check-config "$cfg" || fail "logwarden check-config rejected $cfg"
     ok "$cfg accepted by $binary"
   done
