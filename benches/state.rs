@@ -134,8 +134,8 @@ fn bench(c: &mut Criterion) {
 }
 
 /// A fleet's push of about `bytes` bytes: every 8th line is an attack line (SSH failures and web
-/// probes from 250 addresses), the rest ordinary access and service lines.
-fn fleet_lines(bytes: usize) -> Vec<String> {
+/// probes from `attackers` addresses), the rest ordinary access and service lines.
+fn fleet_lines(bytes: usize, attackers: usize) -> Vec<String> {
     let mut out = Vec::new();
     let mut total = 0;
     for i in 0.. {
@@ -146,11 +146,11 @@ fn fleet_lines(bytes: usize) -> Vec<String> {
             (0, 0) => format!(
                 "Nov 26 09:00:00 host{} sshd[{i}]: Failed password for root from 203.0.113.{} port {i} ssh2",
                 i % 10,
-                i % 250
+                i % attackers
             ),
             (0, _) => format!(
                 r#"192.0.2.{} - - [26/Nov/2026:09:00:00 +0000] "GET /.env?{i} HTTP/1.1" 404 162 "-" "Mozilla/5.0""#,
-                i % 250
+                i % attackers
             ),
             (_, 0) => format!(
                 r#"198.51.100.{} - - [26/Nov/2026:09:00:00 +0000] "GET /static/app.{i}.js HTTP/1.1" 200 4312 "-" "Mozilla/5.0 (X11; Linux x86_64)""#,
@@ -183,8 +183,15 @@ fn bench_stage(c: &mut Criterion) {
     let labels: std::collections::BTreeMap<String, String> =
         [("job".to_owned(), "fleet".to_owned())].into();
     let sink = |_: logwarden::incident::Incident| {};
-    for (name, bytes) in [("64KiB", 64 << 10), ("1MiB", 1 << 20)] {
-        let lines = fleet_lines(bytes);
+    // 250 attacking addresses in every push (a distributed scan: the worst case, every push
+    // touches hundreds of windows) and 3 (an ordinary day's brute force).
+    for (name, bytes, attackers) in [
+        ("64KiB_250_attackers", 64 << 10, 250),
+        ("1MiB_250_attackers", 1 << 20, 250),
+        ("64KiB_3_attackers", 64 << 10, 3),
+        ("1MiB_3_attackers", 1 << 20, 3),
+    ] {
+        let lines = fleet_lines(bytes, attackers);
         let mut group = c.benchmark_group(format!("detect_stage_{name}"));
         group.throughput(Throughput::Elements(lines.len() as u64));
         for backend in ["local", "redis"] {
@@ -220,12 +227,14 @@ fn bench_stage(c: &mut Criterion) {
                     + sum("logwarden_state_redis_round_trips_total{op=\"load_script\"}");
                 let batches = sum("logwarden_state_batches_total{outcome=\"shared\"}");
                 let keys = sum("logwarden_state_batch_keys_sum");
+                let secs = sum("logwarden_state_redis_duration_seconds_sum{op=\"batch\"}");
                 eprintln!(
-                    "{name} pushes ({} lines): {:.3} Redis round trips per push, {:.0} keys per push \
-                     ({trips} round trips, {batches} pushes)",
+                    "{name} pushes ({} lines): {:.3} Redis round trips per push, {:.0} keys per push, \
+                     mean round trip {:.2} ms ({trips} round trips, {batches} pushes)",
                     lines.len(),
                     trips / batches.max(1.0),
-                    keys / batches.max(1.0)
+                    keys / batches.max(1.0),
+                    secs * 1e3 / batches.max(1.0)
                 );
             }
         }

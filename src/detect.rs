@@ -35,7 +35,9 @@ use self::rule::{ParserKind, Rule, RuleFile};
 use self::state::{hash_bytes, hash_str, KeyMap, KeyState, NewSample, Outcome};
 use crate::decode::{labels::push_quoted, EntryView, Labels, PushView};
 use crate::incident::{EventTime, Incident, IncidentSink, Sample};
-use crate::state::{BatchDeltas, BatchTotals, SharedState, WindowKind, WindowParams, WindowRef};
+use crate::state::{
+    BatchDeltas, BatchTotals, SampleMode, SharedState, WindowKind, WindowParams, WindowRef,
+};
 
 /// The built-in rule pack, embedded in the binary.
 pub const BUILTIN_RULES: &str = include_str!("detect/builtin.yml");
@@ -1106,15 +1108,16 @@ impl Batch<'_> {
                 .is_some_and(|state| state.open.is_some())
         });
         let map = &compiled.states[ri];
-        let outcome = if let Some(mut state) = map.get_mut(self.key_buf.as_str()) {
-            state.record(
+        let (outcome, quiet) = if let Some(mut state) = map.get_mut(self.key_buf.as_str()) {
+            let outcome = state.record(
                 rule,
                 t_ms,
                 value_hash,
                 kept,
                 compiled.samples_per_key,
                 suppressed,
-            )
+            );
+            (outcome, state.in_cooldown(t_ms))
         } else {
             if self.detector.total_keys.load(Ordering::Relaxed) >= compiled.max_keys {
                 self.detector.watermark_ms.fetch_max(
@@ -1131,14 +1134,15 @@ impl Batch<'_> {
             if created {
                 self.detector.total_keys.fetch_add(1, Ordering::Relaxed);
             }
-            state.record(
+            let outcome = state.record(
                 rule,
                 t_ms,
                 value_hash,
                 kept,
                 compiled.samples_per_key,
                 suppressed,
-            )
+            );
+            (outcome, state.in_cooldown(t_ms))
         };
         if outcome == Outcome::EmitDue {
             self.fired.push((ri as u32, self.key_buf.as_str().into()));
@@ -1170,6 +1174,12 @@ impl Batch<'_> {
                 if let Some(labels) = &labels_for_shared {
                     entry.sample(ts_ns, kept_line, labels, value.as_deref());
                 }
+                // During a cooldown nothing can be emitted: skip reading the shared evidence.
+                entry.want_samples(if quiet {
+                    SampleMode::Never
+                } else {
+                    SampleMode::WhenFiring
+                });
                 if deltas.len() > before {
                     self.delta_keys
                         .push((ri as u32, self.key_buf.as_str().into()));

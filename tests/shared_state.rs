@@ -129,6 +129,78 @@ fn counts_from_two_replicas_add_up() {
     cleanup(&p);
 }
 
+/// The script keeps a running sum per window and subtracts the buckets that leave it; checked
+/// against a plain model over a long random walk of event times: small steps, jumps of several
+/// buckets, silences longer than the window, late events, and two replicas writing.
+#[test]
+fn running_sum_matches_a_recount_over_a_random_walk() {
+    if !require_redis() {
+        return;
+    }
+    let p = prefix("walk");
+    let cfg = StateConfig {
+        buckets_per_window: 10,
+        ..config(&p, &format!("redis://{SHARED_REDIS}"))
+    };
+    let (a, _) = replica(&cfg);
+    let (b, _) = replica(&cfg);
+    let params = WindowParams {
+        kind: WindowKind::Count,
+        threshold: 1_000_000,
+        window_ms: 10_000,
+        tolerance_ms: 10_000,
+    };
+    let bucket_ms = 1_000;
+    let k = at("t", "r", "walk");
+    // The model: events accepted per bucket, and the newest time.
+    let mut accepted: BTreeMap<i64, u64> = BTreeMap::new();
+    let mut newest = i64::MIN;
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut t = T0;
+    for step in 0..300 {
+        t += match next(10) {
+            0 => 10_000 + next(40_000) as i64, // a silence longer than the window
+            1..=3 => next(4_000) as i64,       // a few buckets
+            _ => next(300) as i64,
+        };
+        let replica = if step % 2 == 0 { &a } else { &b };
+        let mut batch = replica.batch();
+        let mut events = Vec::new();
+        for _ in 0..1 + next(5) {
+            // Mostly around t, sometimes late by up to two windows.
+            let e = if next(6) == 0 {
+                t - next(20_000) as i64
+            } else {
+                t + next(500) as i64
+            };
+            batch.entry(k, &params).count(e);
+            events.push(e);
+        }
+        let got = replica.sync(&mut batch).unwrap().get(k).unwrap().clone();
+        newest = newest.max(events.iter().copied().max().unwrap());
+        let first = (newest - params.window_ms).div_euclid(bucket_ms);
+        for e in events {
+            let idx = e.div_euclid(bucket_ms);
+            if idx >= first {
+                *accepted.entry(idx).or_default() += 1;
+            }
+        }
+        let want: u64 = accepted.range(first..).map(|(_, n)| n).sum();
+        assert_eq!(
+            (got.newest_ms, got.total),
+            (newest, want),
+            "step {step}: t {t}"
+        );
+    }
+    cleanup(&p);
+}
+
 #[test]
 fn old_buckets_stop_counting_on_event_time() {
     if !require_redis() {

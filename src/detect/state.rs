@@ -233,6 +233,14 @@ impl KeyState {
         }
     }
 
+    /// True while an emitted incident's cooldown runs at `t_ms`: no emission can be due before
+    /// it passes, so the evidence other replicas shared is not needed yet.
+    pub fn in_cooldown(&self, t_ms: i64) -> bool {
+        self.open
+            .as_ref()
+            .is_some_and(|o| !o.emit_pending && t_ms < o.cooldown_until_ms)
+    }
+
     /// Applies the cluster-wide view of this key after its batch was shared with the other
     /// replicas (`state.backend: redis`): `total` events (or distinct values) in the window
     /// ending at `newest_ms`, the newest event time of the key on any replica.

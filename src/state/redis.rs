@@ -233,12 +233,18 @@ impl SharedState {
     /// `state.redis_url` when it cannot be parsed (or any other invalid field).
     pub fn try_new(cfg: &StateConfig, registry: &Registry) -> Result<SharedState, ConfigError> {
         cfg.validate()?;
-        let client = redis::Client::open(cfg.redis_url.as_str()).map_err(|e| {
+        let bad_url = |e: redis::RedisError| {
             ConfigError::new(
                 "state.redis_url",
                 format!("{:?}: {e}", redact(&cfg.redis_url)),
             )
-        })?;
+        };
+        // TCP_NODELAY: a batch is one write of a big pipeline and one reply; with Nagle's
+        // algorithm on, its tail waits for the peer's delayed ACK (tens of ms per batch).
+        let info = redis::IntoConnectionInfo::into_connection_info(cfg.redis_url.as_str())
+            .map_err(bad_url)?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(bad_url)?;
         let metrics = StateMetrics::register(registry);
         for kind in ["connect", "timeout", "io", "server", "reply"] {
             metrics.errors.with_label_values(&[kind]);

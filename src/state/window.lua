@@ -1,7 +1,8 @@
 -- logwarden shared windows: one run adds one batch's deltas and returns cluster-wide totals.
 --
 -- KEYS, three per entry: window hash (field T = newest event ms; count windows also hold one
--- field per bucket index), distinct sorted set (value hash -> newest ms; unused by count
+-- field per bucket index, n = the sum of those buckets, F = no bucket below it exists), distinct
+-- sorted set (value hash -> newest ms; unused by count
 -- windows), samples list (JSON, newest pushed first).
 -- ARGV: n_entries, samples_max, then per entry:
 --   kind ('c' | 'd'), newest_ms, window_ms, bucket_ms, ttl_ms, threshold, distinct_cap,
@@ -28,11 +29,12 @@ for e = 1, n do
   pos = pos + 9
 
   -- T only moves forward: the newest event of this key on any replica.
-  local prev = redis.call('HGET', kwin, 'T')
+  local head = redis.call('HMGET', kwin, 'T', 'n', 'F')
+  local prev = head[1]
+  local moved = true
   if prev and tonumber(prev) >= newest then
     newest = tonumber(prev)
-  else
-    redis.call('HSET', kwin, 'T', string.format('%d', newest))
+    moved = false
   end
   -- The window is (newest - window, newest].
   local lower = newest - window
@@ -41,24 +43,54 @@ for e = 1, n do
   if kind == 'c' then
     -- The bucket holding the lower edge overlaps the window and counts; older ones never will.
     local first = math.floor(lower / bucket)
-    for i = 1, nd do
-      if tonumber(ARGV[pos]) >= first then
-        redis.call('HINCRBY', kwin, ARGV[pos], ARGV[pos + 1])
+    local sum = tonumber(head[2])
+    local low = tonumber(head[3])
+    if not sum then
+      -- A new key (or one written without the running sum): add up what is there once.
+      sum = 0
+      local fields = redis.call('HGETALL', kwin)
+      for j = 1, #fields, 2 do
+        local f = fields[j]
+        if f ~= 'T' and f ~= 'n' and f ~= 'F' then
+          if tonumber(f) < first then
+            redis.call('HDEL', kwin, f)
+          else
+            sum = sum + tonumber(fields[j + 1])
+          end
+        end
       end
-      pos = pos + 2
-    end
-    local fields = redis.call('HGETALL', kwin)
-    for j = 1, #fields, 2 do
-      local f = fields[j]
-      if f ~= 'T' then
-        if tonumber(f) < first then
-          redis.call('HDEL', kwin, f)
-        else
-          total = total + tonumber(fields[j + 1])
+    elseif low and low < first then
+      -- Buckets low .. first-1 left the window: subtract and delete them. T only moves forward,
+      -- so `first` never goes back; after a long silence everything is stale at once.
+      if first - low > math.ceil(window / bucket) + 1 then
+        redis.call('DEL', kwin)
+        sum = 0
+      else
+        for i = low, first - 1 do
+          local f = string.format('%d', i)
+          local v = redis.call('HGET', kwin, f)
+          if v then
+            sum = sum - tonumber(v)
+            redis.call('HDEL', kwin, f)
+          end
         end
       end
     end
+    for i = 1, nd do
+      if tonumber(ARGV[pos]) >= first then
+        redis.call('HINCRBY', kwin, ARGV[pos], ARGV[pos + 1])
+        sum = sum + tonumber(ARGV[pos + 1])
+      end
+      pos = pos + 2
+    end
+    -- One write for T, the running sum and the lowest bucket (each redis.call has a cost).
+    redis.call('HSET', kwin, 'T', string.format('%d', newest), 'n', string.format('%d', sum),
+      'F', string.format('%d', first))
+    total = sum
   else
+    if moved then
+      redis.call('HSET', kwin, 'T', string.format('%d', newest))
+    end
     for i = 1, nd do
       local t = tonumber(ARGV[pos + 1])
       if t > lower then
@@ -82,9 +114,7 @@ for e = 1, n do
   local ns = tonumber(ARGV[pos])
   pos = pos + 1
   if ns > 0 and samples_max > 0 then
-    for i = 0, ns - 1 do
-      redis.call('LPUSH', ksmp, ARGV[pos + i])
-    end
+    redis.call('LPUSH', ksmp, unpack(ARGV, pos, pos + ns - 1))
     redis.call('LTRIM', ksmp, 0, samples_max - 1)
     redis.call('PEXPIRE', ksmp, ttl)
   end
