@@ -153,6 +153,24 @@ for name, text in cm["data"].items():
         sys.exit(f"ConfigMap logwarden: {name} is not a YAML mapping")
 PY
   ok "manifests parse; Deployment (2+ replicas, probes), Service, HPA, PDB, ConfigMap, Secret present"
+  if [ -n "$binary" ]; then
+    # The ConfigMap's config and rules, written out as the pod mounts them (rules path
+    # rewritten to the copy), checked by the binary like the other configs.
+    tmp_cm="$(mktemp -d)"
+    python3 - deploy/kubernetes/configmap.yaml "$tmp_cm" <<'PY' || fail "could not extract the ConfigMap"
+import os, sys, yaml
+cm, out = sys.argv[1], sys.argv[2]
+doc = next(d for d in yaml.safe_load_all(open(cm)) if d and d.get("kind") == "ConfigMap")
+os.makedirs(os.path.join(out, "rules"))
+for name, text in doc["data"].items():
+    path = os.path.join(out, name if name == "logwarden.yml" else os.path.join("rules", name))
+    with open(path, "w") as f:
+        f.write(text.replace("/etc/logwarden/rules/", out + "/rules/"))
+PY
+    "$binary" check-config "$tmp_cm/logwarden.yml" || { rm -rf "$tmp_cm"; fail "logwarden check-config rejected the ConfigMap's logwarden.yml"; }
+    rm -rf "$tmp_cm"
+    ok "the ConfigMap's logwarden.yml (with its rules) accepted by $binary"
+  fi
 else
   skip "Kubernetes YAML check (python3 with PyYAML not found)"
 fi

@@ -153,9 +153,10 @@ pub struct NotifierConfig {
     pub token_file: Option<PathBuf>,
 
     /// Slack: environment variable holding the incoming-webhook URL (the URL is the secret).
+    /// Webhook: instead of `url`, when the URL carries a credential (e.g. a token in the query).
     #[serde(default)]
     pub url_env: Option<String>,
-    /// Slack: file holding the incoming-webhook URL.
+    /// Slack, webhook: file holding the URL (as `url_env`).
     #[serde(default)]
     pub url_file: Option<PathBuf>,
 
@@ -373,8 +374,8 @@ fn set_fields(raw: &NotifierConfig) -> Vec<(&'static str, bool, &'static [Channe
         ),
         ("token_env", raw.token_env.is_some(), &[Telegram]),
         ("token_file", raw.token_file.is_some(), &[Telegram]),
-        ("url_env", raw.url_env.is_some(), &[Slack]),
-        ("url_file", raw.url_file.is_some(), &[Slack]),
+        ("url_env", raw.url_env.is_some(), &[Slack, Webhook]),
+        ("url_file", raw.url_file.is_some(), &[Slack, Webhook]),
         ("headers", !raw.headers.is_empty(), &[Webhook]),
         ("secret_env", raw.secret_env.is_some(), &[Webhook]),
         ("secret_file", raw.secret_file.is_some(), &[Webhook]),
@@ -534,25 +535,32 @@ fn compile(
             )?
             .ok_or_else(|| one_of(at, "url_env", "url_file", ty))?;
             let field = secret_field(&raw.url_env, "url_env", "url_file");
-            let url = if read_secrets {
-                // Never echo the value: the URL is the credential.
-                reqwest::Url::parse(&url)
-                    .ok()
-                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
-                    .ok_or_else(|| {
-                        ConfigError::new(
-                            format!("{at}.{field}"),
-                            "the value is not an http(s) URL (value not shown: it is a secret)",
-                        )
-                    })?
-            } else {
-                reqwest::Url::parse("http://placeholder.invalid/").expect("static URL")
-            };
+            let url = secret_url(at, field, &url, read_secrets)?;
             ChannelKind::Slack { url }
         }
         ChannelType::Webhook => {
-            let url = raw.url.as_deref().ok_or_else(|| required(at, "url", ty))?;
-            let url = parse_url(at, "url", url)?;
+            // The URL in the file, or (when it carries a credential) from a secret.
+            let from_secret = secret(
+                "url_env",
+                &raw.url_env,
+                "url_file",
+                &raw.url_file,
+                "the webhook URL",
+            )?;
+            let url = match (raw.url.as_deref(), from_secret) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::new(
+                        format!("{at}.url"),
+                        "set either url or url_env/url_file, not both",
+                    ))
+                }
+                (Some(url), None) => parse_url(at, "url", url)?,
+                (None, Some(url)) => {
+                    let field = secret_field(&raw.url_env, "url_env", "url_file");
+                    secret_url(at, field, &url, read_secrets)?
+                }
+                (None, None) => return Err(required(at, "url (or url_env/url_file)", ty)),
+            };
             let mut headers = Vec::with_capacity(raw.headers.len());
             for (name, value) in &raw.headers {
                 let field = format!("{at}.headers.{name}");
@@ -800,6 +808,27 @@ fn parse_url(at: &str, field: &str, value: &str) -> Result<reqwest::Url, ConfigE
         ));
     }
     Ok(url)
+}
+
+/// Parses a URL that is itself a secret; an error never echoes the value.
+fn secret_url(
+    at: &str,
+    field: &str,
+    value: &str,
+    read_secrets: bool,
+) -> Result<reqwest::Url, ConfigError> {
+    if !read_secrets {
+        return Ok(reqwest::Url::parse("http://placeholder.invalid/").expect("static URL"));
+    }
+    reqwest::Url::parse(value)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+        .ok_or_else(|| {
+            ConfigError::new(
+                format!("{at}.{field}"),
+                "the value is not an http(s) URL (value not shown: it is a secret)",
+            )
+        })
 }
 
 fn required(at: &str, field: &str, ty: ChannelType) -> ConfigError {

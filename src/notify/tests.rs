@@ -154,6 +154,37 @@ fn slack_url_error_does_not_show_the_secret() {
 }
 
 #[test]
+fn webhook_url_may_come_from_a_secret() {
+    let channels = compile_all(
+        &parse("- type: webhook\n  url_env: SLACK_URL\n"),
+        &ReportsConfig::default(),
+        &env,
+        true,
+    )
+    .unwrap();
+    match &channels[0].kind {
+        config::ChannelKind::Webhook { url, .. } => {
+            assert_eq!(url.as_str(), "http://127.0.0.1:9/services/T/B/secret");
+        }
+        _ => panic!("webhook expected"),
+    }
+    assert_eq!(
+        err("- type: webhook\n  url: http://127.0.0.1/\n  url_env: SLACK_URL\n"),
+        "notify[0].url: set either url or url_env/url_file, not both"
+    );
+    assert_eq!(
+        err("- type: webhook\n"),
+        "notify[0].url (or url_env/url_file): required for type webhook"
+    );
+    let e = err("- type: webhook\n  url_env: BAD_URL\n");
+    assert!(
+        e.starts_with("notify[0].url_env: the value is not an http(s) URL"),
+        "{e}"
+    );
+    assert!(!e.contains("secret-value"), "{e}");
+}
+
+#[test]
 fn urls_are_checked() {
     assert!(err("- type: webhook\n  url: ftp://x/\n")
         .starts_with("notify[0].url: \"ftp://x/\" must be an http:// or https:// URL"));
