@@ -86,6 +86,9 @@ pub struct ServerConfig {
     /// Largest request head (request line and headers); larger heads get 431. Default 64KiB,
     /// at least 8KiB.
     pub max_header_bytes: ByteSize,
+    /// Serve HTTPS with this certificate and key (default: plain HTTP). The TLS handshake
+    /// counts against `header_read_timeout`.
+    pub tls: Option<crate::tls::ServerTlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +98,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(60),
             max_header_bytes: ByteSize(64 << 10),
+            tls: None,
         }
     }
 }
@@ -120,6 +124,9 @@ pub struct UpstreamConfig {
     /// How long an idle pooled connection is kept. Default 60s.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
+    /// CA bundle and client certificate for an `https://` Loki (also used for the report
+    /// pushes). Default: the system's roots, no client certificate.
+    pub tls: crate::tls::UpstreamTlsConfig,
 }
 
 impl Default for UpstreamConfig {
@@ -131,6 +138,7 @@ impl Default for UpstreamConfig {
             http2: false,
             pool_max_idle_per_host: 64,
             pool_idle_timeout: Duration::from_secs(60),
+            tls: crate::tls::UpstreamTlsConfig::default(),
         }
     }
 }
@@ -268,6 +276,10 @@ pub struct Config {
     pub max_decompressed_bytes: usize,
     /// Inspection settings (workers resolved: never 0).
     pub inspect: InspectConfig,
+    /// HTTPS for clients, when `server.tls` is set.
+    pub server_tls: Option<crate::tls::ServerTls>,
+    /// Trust and identity for the upstream (`upstream.tls`).
+    pub upstream_tls: crate::tls::UpstreamTls,
     /// The file as read, for reference.
     pub raw: RawConfig,
 }
@@ -378,7 +390,16 @@ impl Config {
             let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
             inspect.workers = cpus.saturating_sub(1).max(1);
         }
+        let server_tls = raw
+            .server
+            .tls
+            .as_ref()
+            .map(crate::tls::ServerTls::load)
+            .transpose()?;
+        let upstream_tls = crate::tls::UpstreamTls::load(&raw.upstream.tls)?;
         Ok(Config {
+            server_tls,
+            upstream_tls,
             listen,
             upstream_url,
             upstream: raw.upstream.clone(),
@@ -452,16 +473,17 @@ fn parse_upstream_url(field: &str, url: &str) -> Result<reqwest::Url, ConfigErro
     })?;
     match parsed.scheme() {
         "http" => {}
+        "https" if cfg!(feature = "tls") => {}
         "https" => {
             return Err(ConfigError::new(
                 field,
-                format!("{url:?}: https upstreams are not supported by this build yet {expected}"),
+                format!("{url:?}: this binary was built without the `tls` feature {expected}"),
             ))
         }
         other => {
             return Err(ConfigError::new(
                 field,
-                format!("{url:?}: scheme {other:?} is not http {expected}"),
+                format!("{url:?}: scheme {other:?} is not http or https {expected}"),
             ))
         }
     }

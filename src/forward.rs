@@ -203,6 +203,7 @@ impl Forwarder {
         if up.http2 {
             builder = builder.http2_prior_knowledge();
         }
+        builder = config.upstream_tls.apply(builder);
         Ok(Forwarder {
             client: builder.build()?,
             base: config.upstream_url.clone(),

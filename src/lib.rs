@@ -35,6 +35,7 @@ pub mod server;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -277,8 +278,14 @@ impl Service {
         let upstream = config.upstream_url.clone();
         let (app, incidents_rx) = App::with_detection(config)?;
         let analyzer = analyze::Analyzer::try_new(&raw.analyze, env, app.registry())?;
-        let dispatcher =
-            notify::Dispatcher::try_new(&raw.notify, &raw.reports, &upstream, env, app.registry())?;
+        let dispatcher = notify::Dispatcher::try_new_with_tls(
+            &raw.notify,
+            &raw.reports,
+            &upstream,
+            &app.inner.config.upstream_tls,
+            env,
+            app.registry(),
+        )?;
         let (alerts_tx, alerts_rx) = tokio::sync::mpsc::channel(ALERT_QUEUE_CAPACITY);
         let analysis = tokio::spawn(analyzer.run(incidents_rx, alerts_tx));
         let delivery = tokio::spawn(dispatcher.run(alerts_rx));
@@ -354,6 +361,7 @@ pub async fn serve(
         listener,
         router,
         &app.inner.config.raw.server,
+        app.inner.config.server_tls.as_ref(),
         app.inner.metrics.connections.clone(),
         signal,
         timings.grace,

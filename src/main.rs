@@ -183,6 +183,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         let overrides = overrides_for_reload;
         let listen = config.listen;
         let upstream = config.upstream_url.clone();
+        let scheme = if config.server_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         // Every stage is built before the port is bound, so a bad setting binds nothing.
         let service = Service::build(config, &env)?;
         // Signal handlers go in before "serving" is announced: a signal that arrives early must
@@ -197,7 +202,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
         let local = listener.local_addr().map_err(anyhow::Error::from)?;
-        tracing::info!(listen = %local, %upstream, "logwarden serving");
+        tracing::info!(listen = %local, %scheme, %upstream, "logwarden serving");
         service.run(listener, shutdown, timings).await?;
         Ok::<(), StartError>(())
     });

@@ -389,6 +389,23 @@ impl Dispatcher {
         env: &dyn Fn(&str) -> Option<String>,
         registry: &Registry,
     ) -> Result<Self, ConfigError> {
+        let tls = crate::tls::UpstreamTls::default();
+        Self::try_new_with_tls(notifiers, reports, loki_url, &tls, env, registry)
+    }
+
+    /// Like [`Dispatcher::try_new`], with the `upstream.tls` trust and identity for the report
+    /// pushes to Loki.
+    ///
+    /// # Errors
+    /// As [`Dispatcher::try_new`].
+    pub fn try_new_with_tls(
+        notifiers: &[NotifierConfig],
+        reports: &ReportsConfig,
+        loki_url: &reqwest::Url,
+        loki_tls: &crate::tls::UpstreamTls,
+        env: &dyn Fn(&str) -> Option<String>,
+        registry: &Registry,
+    ) -> Result<Self, ConfigError> {
         let channels = config::compile_all(notifiers, reports, env, true)?;
         let metrics = NotifyMetrics::register(registry);
         let client_error = |e: reqwest::Error| {
@@ -426,7 +443,8 @@ impl Dispatcher {
         let sink_retry = RetryConfig::default();
         if reports.loki {
             // Straight to Loki, never through our own push route: reports must not be inspected.
-            let upstream = crate::http::client_builder()
+            let upstream = loki_tls
+                .apply(crate::http::client_builder())
                 .connect_timeout(Duration::from_secs(5))
                 .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())

@@ -172,6 +172,7 @@ pub async fn serve_connections(
     listener: tokio::net::TcpListener,
     router: Router,
     settings: &crate::config::ServerConfig,
+    tls: Option<&crate::tls::ServerTls>,
     connections: prometheus::IntGauge,
     shutdown: impl std::future::Future<Output = ()>,
     grace: std::time::Duration,
@@ -214,10 +215,38 @@ pub async fn serve_connections(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service.clone());
-        let conn = graceful.watch(conn.into_owned());
         let gauge = connections.clone();
         gauge.inc();
+        #[cfg(feature = "tls")]
+        if let Some(tls) = tls {
+            // The handshake runs in the connection's task (never in the accept loop) and
+            // counts against the header read timeout, like a client slow to send its head.
+            let acceptor = tls.acceptor();
+            let builder = builder.clone();
+            let service = service.clone();
+            let watcher = graceful.watcher();
+            let handshake_timeout = settings.header_read_timeout;
+            tokio::spawn(async move {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        if let Err(e) = watcher.watch(conn.into_owned()).await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+                gauge.dec();
+                drop(permit);
+            });
+            continue;
+        }
+        #[cfg(not(feature = "tls"))]
+        let _ = tls;
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service.clone());
+        let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -11,3 +11,5 @@ mod pipeline;
 mod process;
 mod scaling;
 mod security;
+#[cfg(feature = "tls")]
+mod tls;
