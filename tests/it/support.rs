@@ -420,8 +420,19 @@ pub struct StoredReport {
     pub line: String,
 }
 
+/// A push as stored, decoded only when asked (so the fake costs little CPU under load).
+struct RawPush {
+    content_type: Option<String>,
+    content_encoding: Option<String>,
+    api: logwarden::decode::PushApi,
+    tenant: Option<String>,
+    body: Bytes,
+}
+
 #[derive(Default)]
 struct Store {
+    /// Pushes stored and not yet decoded.
+    raw: Vec<RawPush>,
     /// Every stored line of every other stream, with how many times it was stored.
     lines: std::collections::HashMap<Bytes, u32>,
     reports: Vec<StoredReport>,
@@ -512,31 +523,60 @@ impl StoringLoki {
         self.serve(socket.listen(1024).unwrap());
     }
 
+    /// The store with every push decoded so far.
+    fn decoded(&self) -> std::sync::MutexGuard<'_, Store> {
+        let mut s = self.shared.store.lock().unwrap();
+        for push in std::mem::take(&mut s.raw) {
+            let meta = logwarden::decode::PushMeta {
+                content_type: push.content_type.as_deref(),
+                content_encoding: push.content_encoding.as_deref(),
+                api: push.api,
+            };
+            let mut lines = Vec::new();
+            let mut reports = Vec::new();
+            logwarden::decode::with_decoded(&push.body, meta, Default::default(), |v| {
+                for st in &v.streams {
+                    let is_report = st.labels.get("job") == Some("logwarden");
+                    for e in &st.entries {
+                        if is_report {
+                            reports.push(StoredReport {
+                                tenant: push.tenant.clone(),
+                                labels: st.labels.to_string(),
+                                line: String::from_utf8_lossy(&e.line).into_owned(),
+                            });
+                        } else {
+                            lines.push(Bytes::copy_from_slice(&e.line));
+                        }
+                    }
+                }
+            })
+            .expect("the fake Loki stored only pushes that decode");
+            for l in lines {
+                *s.lines.entry(l).or_insert(0) += 1;
+            }
+            s.reports.extend(reports);
+        }
+        s
+    }
+
     /// How many times `line` was stored (0: never).
     pub fn stored(&self, line: &[u8]) -> u32 {
-        self.shared
-            .store
-            .lock()
-            .unwrap()
-            .lines
-            .get(line)
-            .copied()
-            .unwrap_or(0)
+        self.decoded().lines.get(line).copied().unwrap_or(0)
     }
 
     /// Lines stored more than once, counted once per extra copy.
     pub fn duplicates(&self) -> u64 {
-        let store = self.shared.store.lock().unwrap();
+        let store = self.decoded();
         store.lines.values().map(|&n| u64::from(n - 1)).sum()
     }
 
     /// Distinct lines stored.
     pub fn distinct_lines(&self) -> usize {
-        self.shared.store.lock().unwrap().lines.len()
+        self.decoded().lines.len()
     }
 
     pub fn reports(&self) -> Vec<StoredReport> {
-        self.shared.store.lock().unwrap().reports.clone()
+        self.decoded().reports.clone()
     }
 
     /// (pushes stored, pushes refused, pushes stalled).
@@ -577,40 +617,22 @@ async fn loki_answer(
         Fault::Refuse { store, .. } => store,
     };
     if store {
-        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-        let meta = logwarden::decode::PushMeta {
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let mut s = shared.store.lock().unwrap();
+        s.pushes += 1;
+        s.raw.push(RawPush {
             content_type: header("content-type"),
             content_encoding: header("content-encoding"),
             api: logwarden::decode::PushApi::from_path(parts.uri.path()),
-        };
-        let tenant = header("x-scope-orgid").map(str::to_owned);
-        let mut lines = Vec::new();
-        let mut reports = Vec::new();
-        let decoded = logwarden::decode::with_decoded(&body, meta, Default::default(), |v| {
-            for s in &v.streams {
-                let is_report = s.labels.get("job") == Some("logwarden");
-                for e in &s.entries {
-                    if is_report {
-                        reports.push(StoredReport {
-                            tenant: tenant.clone(),
-                            labels: s.labels.to_string(),
-                            line: String::from_utf8_lossy(&e.line).into_owned(),
-                        });
-                    } else {
-                        lines.push(Bytes::copy_from_slice(&e.line));
-                    }
-                }
-            }
+            tenant: header("x-scope-orgid"),
+            body,
         });
-        if decoded.is_err() {
-            return answer(400);
-        }
-        let mut s = shared.store.lock().unwrap();
-        s.pushes += 1;
-        for l in lines {
-            *s.lines.entry(l).or_insert(0) += 1;
-        }
-        s.reports.extend(reports);
     }
     match fault {
         Fault::None => answer(204),
@@ -787,4 +809,56 @@ pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
                 .then(|| value.parse::<f64>().ok())?
         })
         .sum()
+}
+
+/// A server on 127.0.0.1:0 that accepts connections and never answers (a stalled backend):
+/// it holds every connection open and counts them.
+pub struct Blackhole {
+    pub addr: SocketAddr,
+    accepted: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Blackhole {
+    pub async fn start() -> Blackhole {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = Arc::clone(&accepted);
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                held.push(stream);
+            }
+        });
+        Blackhole {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A loopback port with nothing listening on it (connections are refused).
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
