@@ -663,13 +663,24 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Starts `serve` on 127.0.0.1:0 with `yaml` as its config file and `envs` for secrets.
     pub async fn start(yaml: &str, upstream: &str, envs: &[(&str, &str)]) -> ServeProcess {
+        Self::start_with_log_level(yaml, upstream, envs, "info").await
+    }
+
+    /// Like [`ServeProcess::start`], logging at `level` (`RUST_LOG`).
+    pub async fn start_with_log_level(
+        yaml: &str,
+        upstream: &str,
+        envs: &[(&str, &str)],
+        level: &str,
+    ) -> ServeProcess {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("logwarden.yml");
         std::fs::write(&config, yaml).unwrap();
-        let envs: Vec<(String, String)> = envs
+        let mut envs: Vec<(String, String)> = envs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        envs.push(("RUST_LOG".into(), level.into()));
         let output = Arc::new(Mutex::new(Vec::new()));
         let (child, addr) = spawn_serve(&config, upstream, &envs, "127.0.0.1:0", &output).await;
         ServeProcess {
@@ -766,8 +777,8 @@ async fn spawn_serve(
         .arg(config)
         .args(["--listen", listen, "--upstream", upstream])
         .args(["--log-format", "json"])
-        .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("RUST_LOG", "info")
+        .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
