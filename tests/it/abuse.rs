@@ -453,3 +453,37 @@ async fn label_values_with_newlines_or_invalid_utf8_are_left_to_loki() {
     inspected(&serve, 1.0, 0.0).await;
     still_detects(&serve, &hook, "203.0.113.78").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_utf8_byte_in_a_json_push_does_not_hide_the_rest_of_it() {
+    let loki = FakeLoki::start().await;
+    let (serve, hook) = serve_with_hook(&loki).await;
+    // Loki stores this push (its JSON reader does not check UTF-8); one bad byte in one line
+    // must not blind detection to the brute force beside it.
+    let mut body = br#"{"streams":[{"stream":{"job":"app"},"values":[["1","bad "#.to_vec();
+    body.push(0xff);
+    body.extend_from_slice(br#" byte"]]},{"stream":{"job":"auth"},"values":["#);
+    for i in 0..6 {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(
+            format!(r#"["{}","Nov 26 01:00:0{i} vps1 sshd[6{i}]: Failed password for root from 203.0.113.79 port 4400{i} ssh2"]"#, (now_s() + i) * 1_000_000_000).as_bytes(),
+        );
+    }
+    body.extend_from_slice(b"]}]}");
+    let (status, _) = post(&serve.url(PUSH), "application/json", body.clone()).await;
+    assert_eq!(status, 204);
+    assert_eq!(loki.requests()[0].body, body, "forwarded byte for byte");
+    hook.wait_for(1, Duration::from_secs(10)).await;
+    assert!(
+        alerts(&hook)
+            .iter()
+            .any(|(r, k, _)| r == "ssh-brute-force" && k == "203.0.113.79"),
+        "{:?}\n{}",
+        alerts(&hook),
+        serve.metrics().await
+    );
+    let m = serve.metrics().await;
+    assert_eq!(metric_sum(&m, "logwarden_decode_errors_total", &[]), 0.0);
+}
