@@ -491,9 +491,10 @@ async fn stalled_llm_and_dead_notifiers_do_not_slow_forwarding() {
     let mut pooled: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     let mut verdict = None;
     // A pass is 6 rounds of 1 s per process. On this shared 2-core machine the p99 ratio of
-    // one pass spread from 0.78 to 1.19 between runs with nothing changed, so a pass that
-    // misses the 10 % targets is followed by a second one and the verdict is on both together.
-    for pass in 0..2 {
+    // one pass spread from 0.62 to 1.34 between runs with nothing changed, so a pass that
+    // misses the 10 % targets is followed by another (three at most) and the verdict is on all
+    // of them together.
+    for pass in 0..3 {
         for round in 0..6 {
             let mut pair: [Option<Summary>; 2] = [None, None];
             let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
