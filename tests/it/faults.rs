@@ -592,8 +592,22 @@ async fn stalled_llm_and_dead_notifiers_do_not_slow_forwarding() {
     }
     let seen = incidents(&hook, &base.metrics().await).await;
     assert!(seen.values().all(|&n| n == 1), "{seen:?}");
-    // The faulty process met its faults: the LLM was asked (and never answered).
+    // The faulty process met its faults: the LLM was asked and timed out (the template report
+    // went out instead), and the alerts then went to the stalled webhook.
     assert!(llm.accepted() > 0, "the stalled LLM was never asked");
+    let fm = faulty.metrics().await;
+    assert!(
+        metric_sum(
+            &fm,
+            "logwarden_analyses_total",
+            &[r#"outcome="fallback_timeout""#]
+        ) > 0.0,
+        "no analysis timed out"
+    );
+    assert!(
+        stalled_hook.accepted() > 0,
+        "no alert reached the stalled webhook"
+    );
     let (reported, _) = assert_reports_once(&loki);
     assert!(reported > 0);
     eprintln!(
