@@ -264,7 +264,13 @@ async fn upstream_killed_and_restarted_mid_run() {
         &acks,
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // Crash with pushes in flight: Loki has written them but not yet answered.
+    loki.set_fault(Fault::Stall {
+        delay: Duration::from_secs(30),
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
     loki.kill().await;
+    loki.set_fault(Fault::None);
     tokio::time::sleep(Duration::from_secs(3)).await;
     loki.restart().await;
     let summary = load.await.unwrap().unwrap();
@@ -278,6 +284,10 @@ async fn upstream_killed_and_restarted_mid_run() {
         &summary,
     )
     .await;
+    assert!(
+        loki.counts().2 > 0 && loki.duplicates() > 0,
+        "no push was in flight at the crash"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
