@@ -386,8 +386,14 @@ async fn logwarden_sigkilled_and_restarted_mid_run() {
     );
     tokio::time::sleep(Duration::from_secs(4)).await;
     let first_metrics = serve.metrics().await;
+    // Killed with pushes in flight: Loki has written them and answers only after the crash.
+    loki.set_fault(Fault::Stall {
+        delay: Duration::from_millis(800),
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
     serve.kill();
     let killed = Instant::now();
+    loki.set_fault(Fault::None);
     serve.rewrite_config(&serve_yaml(&hook2.url()));
     tokio::time::sleep(Duration::from_millis(500)).await;
     serve.restart().await;
@@ -396,6 +402,7 @@ async fn logwarden_sigkilled_and_restarted_mid_run() {
     assert!(summary.retries > 0, "the crash was not noticed");
     assert!(!summary.lost_lines(), "loadgen gave up: {summary:?}");
     let (acked, duplicates) = assert_nothing_missing(&loki, &acks);
+    assert!(duplicates > 0, "no push was in flight at the kill");
 
     // The first life: nothing it alerted on came twice.
     let first: BTreeMap<_, u32> = {
