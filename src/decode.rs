@@ -207,7 +207,18 @@ pub fn decompress<'a>(
         other => return Err(DecodeError::ContentEncoding(other.to_owned())),
     };
     match format {
-        BodyFormat::Json(_) => Ok(unwrapped),
+        // Loki's JSON reader (jsoniter and jsonparser) passes invalid UTF-8 through, so Loki
+        // stores such a push; serde_json would refuse it whole, and one bad byte in one line
+        // would hide every other line of the batch from detection. Invalid sequences become
+        // U+FFFD instead, as Go's own decoder would have them.
+        BodyFormat::Json(_) => match std::str::from_utf8(&unwrapped) {
+            Ok(_) => Ok(unwrapped),
+            Err(_) => Ok(Cow::Owned(
+                String::from_utf8_lossy(&unwrapped)
+                    .into_owned()
+                    .into_bytes(),
+            )),
+        },
         BodyFormat::Protobuf => {
             let declared = snap::raw::decompress_len(&unwrapped).map_err(DecodeError::Snappy)?;
             if declared > max {

@@ -262,7 +262,8 @@ impl Forwarder {
                 });
             }
             Ok(Err(e)) if e.is_timeout() => ForwardError::Timeout(self.timeout),
-            Ok(Err(e)) => ForwardError::Unreachable(e),
+            // The error's URL may carry the upstream's credentials; it is logged.
+            Ok(Err(e)) => ForwardError::Unreachable(e.without_url()),
             Err(_) => ForwardError::Timeout(self.timeout),
         };
         self.metrics

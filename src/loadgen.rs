@@ -154,9 +154,26 @@ struct Counters {
     seq: AtomicU64,
 }
 
+/// Called for each acknowledged batch when its 2xx arrives (see [`run_with`]).
+pub type AckHook = Arc<dyn Fn(&Acked<'_>) + Send + Sync>;
+
+/// An acknowledged batch, for verifiers: they can check that every acknowledged line reached
+/// Loki, and pool latencies over several runs.
+#[derive(Debug)]
+pub struct Acked<'a> {
+    /// The batch's log lines, as sent.
+    pub lines: &'a [bytes::Bytes],
+    /// Attack lines among them.
+    pub attack_lines: u64,
+    /// Latency of the attempt that was acknowledged.
+    pub latency: Duration,
+}
+
 /// One encoded batch.
 struct Batch {
     body: Vec<u8>,
+    /// The log lines in the body (cheap clones of the encoded entries' buffers).
+    texts: Vec<bytes::Bytes>,
     lines: u64,
     line_bytes: u64,
     attack_lines: u64,
@@ -173,6 +190,7 @@ fn build_batch(args: &LoadgenArgs, seq: &AtomicU64, batch_no: u64) -> Batch {
         .collect();
     let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
     let (mut line_bytes, mut lines, mut attack_lines) = (0u64, 0u64, 0u64);
+    let mut texts = Vec::new();
     // A deterministic share: every k-th line is an attack line.
     let attack_every = if args.attack_share > 0.0 {
         (1.0 / args.attack_share).round().max(1.0) as u64
@@ -184,22 +202,27 @@ fn build_batch(args: &LoadgenArgs, seq: &AtomicU64, batch_no: u64) -> Batch {
         let mut line = String::with_capacity(160);
         if attack_every > 0 && n.is_multiple_of(attack_every) {
             let ip = ATTACKERS[(n / attack_every) as usize % ATTACKERS.len()];
+            // The marker goes before the message: sshd's failure lines end with "ssh2", and the
+            // rules that extract the address expect nothing after it.
             let _ = write!(
                 line,
-                "Nov 26 01:00:00 vps1 sshd[4{n}]: Failed password for root from {ip} port {} ssh2",
+                "Nov 26 01:00:00 vps1 sshd[4{n}]: run={} seq={n} Failed password for root from {ip} port {} ssh2",
+                args.run_id,
                 40000 + n % 20000
             );
             attack_lines += 1;
         } else {
             line.push_str(ORDINARY[n as usize % ORDINARY.len()]);
+            let _ = write!(line, " run={} seq={n}", args.run_id);
         }
-        let _ = write!(line, " run={} seq={n}", args.run_id);
         line_bytes += line.len() as u64;
         lines += 1;
         let s = (n as usize + batch_no as usize) % streams_n;
+        let line = bytes::Bytes::from(line);
+        texts.push(line.clone());
         streams[s].entries.push(EntryAdapter {
             timestamp: Some(timestamp_from_nanos(now_ns + lines as i64)),
-            line: bytes::Bytes::from(line),
+            line,
             structured_metadata: vec![],
             parsed: vec![],
         });
@@ -215,6 +238,7 @@ fn build_batch(args: &LoadgenArgs, seq: &AtomicU64, batch_no: u64) -> Batch {
     };
     Batch {
         body,
+        texts,
         lines,
         line_bytes,
         attack_lines,
@@ -313,6 +337,14 @@ async fn send(
 /// # Errors
 /// When the HTTP client cannot be built.
 pub async fn run(args: LoadgenArgs) -> anyhow::Result<Summary> {
+    run_with(args, None).await
+}
+
+/// Like [`run`], and calls `on_ack` with every batch as it is acknowledged.
+///
+/// # Errors
+/// When the HTTP client cannot be built.
+pub async fn run_with(args: LoadgenArgs, on_ack: Option<AckHook>) -> anyhow::Result<Summary> {
     let client = crate::http::client_builder()
         .timeout(args.timeout)
         .no_proxy()
@@ -339,9 +371,10 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let deadline = started + args.duration;
     let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..args.concurrency.max(1) {
+    for _ in 0..args.concurrency.max(1) {
         let (client, args, counters) = (client.clone(), Arc::clone(&args), Arc::clone(&counters));
         let prebuilt = Arc::clone(&prebuilt);
+        let on_ack = on_ack.clone();
         tasks.spawn(async move {
             let mut latencies: Vec<Duration> = Vec::new();
             loop {
@@ -357,10 +390,18 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Summary> {
                 } else {
                     &prebuilt[batch_no as usize % prebuilt.len()]
                 };
-                let tenant = (!args.tenants.is_empty()).then(|| {
-                    args.tenants[(batch_no as usize + worker) % args.tenants.len()].as_str()
-                });
+                // Round-robin on the shared batch number: adding the worker's index here made
+                // workers that alternate batches all send to one tenant.
+                let tenant = (!args.tenants.is_empty())
+                    .then(|| args.tenants[batch_no as usize % args.tenants.len()].as_str());
                 if let Some(latency) = send(&client, &args, tenant, batch, &counters).await {
+                    if let Some(hook) = &on_ack {
+                        hook(&Acked {
+                            lines: &batch.texts,
+                            attack_lines: batch.attack_lines,
+                            latency,
+                        });
+                    }
                     latencies.push(latency);
                     counters.acked.fetch_add(1, Ordering::Relaxed);
                     counters.lines.fetch_add(batch.lines, Ordering::Relaxed);

@@ -182,7 +182,8 @@ fn serve(args: ServeArgs) -> ExitCode {
     let result = runtime.block_on(async move {
         let overrides = overrides_for_reload;
         let listen = config.listen;
-        let upstream = config.upstream_url.clone();
+        // A Loki behind basic auth is configured as http://user:password@host: never log it.
+        let upstream = logwarden::state::redact(config.upstream_url.as_str());
         let scheme = if config.server_tls.is_some() {
             "https"
         } else {

@@ -125,6 +125,24 @@ impl ApiKey {
         Ok(v)
     }
 
+    /// Replaces every occurrence of the key in a server's answer: some OpenAI-compatible
+    /// gateways quote the key they refused, and error messages go into logs and report notes.
+    fn redact(&self, body: Vec<u8>) -> Vec<u8> {
+        let key = self.0.as_bytes();
+        if key.is_empty() || !body.windows(key.len()).any(|w| w == key) {
+            return body;
+        }
+        let mut out = Vec::with_capacity(body.len());
+        let mut rest = &body[..];
+        while let Some(at) = rest.windows(key.len()).position(|w| w == key) {
+            out.extend_from_slice(&rest[..at]);
+            out.extend_from_slice(b"<redacted>");
+            rest = &rest[at + key.len()..];
+        }
+        out.extend_from_slice(rest);
+        out
+    }
+
     /// Returns true when the key can be sent in a header.
     pub fn is_valid(&self) -> bool {
         !self.0.is_empty() && self.header().is_ok()
@@ -209,6 +227,9 @@ impl Endpoint {
             }
             bytes.extend_from_slice(&chunk);
         }
+        if let Some(key) = &self.api_key {
+            bytes = key.redact(bytes);
+        }
         if !status.is_success() {
             return Err(LlmError::Status {
                 status: status.as_u16(),
@@ -291,6 +312,16 @@ mod tests {
         );
         assert_eq!(error_message(b"<html>\n502</html>"), "<html> 502</html>");
         assert_eq!(error_message(&[b'x'; 300]).chars().count(), 201);
+    }
+
+    #[test]
+    fn a_key_quoted_by_the_server_is_redacted() {
+        let key = ApiKey::new("sk-abc");
+        assert_eq!(
+            key.redact(b"bad key sk-abc, sk-abc!".to_vec()),
+            b"bad key <redacted>, <redacted>!"
+        );
+        assert_eq!(key.redact(b"nothing".to_vec()), b"nothing");
     }
 
     #[test]

@@ -125,7 +125,11 @@ pub struct LabelError {
 /// unknown escapes, literal newlines and duplicate names.
 pub fn parse_labels(input: &str) -> Result<Labels<'_>, LabelError> {
     let mut p = Parser { s: input, pos: 0 };
-    let mut pairs = Vec::new();
+    // Every pair has an '=' (a value may hold more): an upper bound from the input itself, so
+    // a push of a million small streams does not pay for Vec's default growth on each.
+    let bare_name = !input.trim_start().starts_with('{');
+    let mut pairs =
+        Vec::with_capacity(usize::from(bare_name) + input.bytes().filter(|&b| b == b'=').count());
     p.skip_ws();
     // A bare metric name before `{` becomes `__name__`.
     if p.peek().is_some_and(is_name_start) {

@@ -148,3 +148,62 @@ async fn attack_share_plants_brute_force_lines_from_known_addresses() {
         .iter()
         .all(|ip| body.contains(ip)));
 }
+
+#[tokio::test]
+async fn tenants_alternate_and_planted_attacks_are_detected() {
+    let loki = FakeLoki::start().await;
+    let url = format!("{}/loki/api/v1/push", loki.url());
+    // Two senders that alternate batches must still spread them over both tenants.
+    let s = run(args(
+        &url,
+        &[
+            "--batches",
+            "8",
+            "--concurrency",
+            "2",
+            "--batch-bytes",
+            "8192",
+            "--tenants",
+            "a,b",
+            "--attack-share",
+            "0.1",
+        ],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(s.batches_acked, 8);
+    let reqs = loki.requests();
+    let per_tenant = |t: &str| {
+        reqs.iter()
+            .filter(|r| r.headers["x-scope-orgid"] == t)
+            .count()
+    };
+    assert_eq!((per_tenant("a"), per_tenant("b")), (4, 4));
+    // The engine finds every planted brute force in what was sent: the attack lines are real
+    // sshd failures, run marker included.
+    let registry = prometheus::Registry::new();
+    let detector = logwarden::detect::Detector::try_new(&Default::default(), &registry).unwrap();
+    let found = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let sink = |i: logwarden::incident::Incident| {
+        if i.rule == "ssh-brute-force" {
+            found.lock().unwrap().insert(i.key);
+        }
+    };
+    for r in &reqs {
+        let meta = logwarden::decode::PushMeta {
+            content_type: Some("application/x-protobuf"),
+            content_encoding: None,
+            api: logwarden::decode::PushApi::V1,
+        };
+        logwarden::decode::with_decoded(&r.body, meta, Default::default(), |v| {
+            detector.process("t", v, &sink)
+        })
+        .unwrap();
+    }
+    let found = found.into_inner().unwrap();
+    let planted: std::collections::BTreeSet<String> = logwarden::loadgen::ATTACKERS
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    assert_eq!(found, planted);
+}

@@ -2,7 +2,12 @@
 
 mod support;
 
+/// The delivery tests' fakes (webhook and Telegram capture servers), shared here.
+#[path = "../notify/support.rs"]
+mod notify_support;
+
 mod abuse;
+mod faults;
 mod forwarding;
 mod inspection;
 mod loadgen;

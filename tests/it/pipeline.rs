@@ -7,8 +7,7 @@ use logwarden::decode::{with_decoded, PushApi, PushMeta};
 
 use crate::support::{auth_push, client, FakeLoki, Reply, Service};
 
-#[path = "../notify/support.rs"]
-pub(crate) mod notify_support;
+use crate::notify_support;
 
 #[path = "../analyze/fake_llm.rs"]
 mod fake_llm;

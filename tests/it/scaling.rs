@@ -12,7 +12,7 @@ use crate::support::{auth_push, client, require_tool, FakeLoki, Service};
 #[path = "../common/redis.rs"]
 mod redis_support;
 
-use crate::pipeline::notify_support::{self, FakeHttp};
+use crate::notify_support::{self, FakeHttp};
 use redis_support::{
     cleanup, free_port, prefix, require_redis, require_redis_server, PrivateRedis, SHARED_REDIS,
 };

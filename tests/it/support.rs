@@ -397,3 +397,494 @@ pub fn auth_push(lines: &[String], start_s: i64) -> Vec<u8> {
         format: String::new(),
     })
 }
+
+// === fault-suite harness: a storing fake Loki that can misbehave, and `serve` as a process ===
+
+/// How [`StoringLoki`] answers pushes right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Store the push and answer 204.
+    None,
+    /// Answer `status`; store the push first when `store` (a partial write, as a Loki whose
+    /// ingesters wrote some replicas can answer 5xx), so the client's retry is a duplicate.
+    Refuse { status: u16, store: bool },
+    /// Store the push, then answer 204 only after `delay` (an overloaded Loki).
+    Stall { delay: Duration },
+}
+
+/// One report line (`{job="logwarden"}`) as the fake Loki stored it.
+#[derive(Debug, Clone)]
+pub struct StoredReport {
+    pub tenant: Option<String>,
+    pub labels: String,
+    pub line: String,
+}
+
+/// A push as stored, decoded only when asked (so the fake costs little CPU under load).
+struct RawPush {
+    content_type: Option<String>,
+    content_encoding: Option<String>,
+    api: logwarden::decode::PushApi,
+    tenant: Option<String>,
+    body: Bytes,
+}
+
+#[derive(Default)]
+struct Store {
+    /// Pushes stored and not yet decoded.
+    raw: Vec<RawPush>,
+    /// Every stored line of every other stream, with how many times it was stored.
+    lines: std::collections::HashMap<Bytes, u32>,
+    reports: Vec<StoredReport>,
+    pushes: u64,
+    refused: u64,
+    stalled: u64,
+}
+
+struct LokiShared {
+    store: Mutex<Store>,
+    fault: Mutex<Fault>,
+}
+
+/// A fake Loki on 127.0.0.1 that decodes every push it accepts and stores its lines, answers
+/// according to the current [`Fault`], and can be killed (listener and every open connection
+/// closed at once, like a crashed process) and restarted on the same port.
+pub struct StoringLoki {
+    pub addr: SocketAddr,
+    shared: Arc<LokiShared>,
+    server: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl StoringLoki {
+    pub async fn start() -> StoringLoki {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(LokiShared {
+            store: Mutex::default(),
+            fault: Mutex::new(Fault::None),
+        });
+        let loki = StoringLoki {
+            addr,
+            shared,
+            server: Mutex::new(None),
+        };
+        loki.serve(listener);
+        loki
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let shared = Arc::clone(&self.shared);
+        let task = tokio::spawn(async move {
+            // Connections live in this set: aborting the task drops it and closes them all.
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let (stream, _) = match listener.accept().await {
+                    Ok(a) => a,
+                    Err(_) => continue,
+                };
+                let shared = Arc::clone(&shared);
+                let service = hyper::service::service_fn(move |req| {
+                    let shared = Arc::clone(&shared);
+                    async move { Ok::<_, std::convert::Infallible>(loki_answer(shared, req).await) }
+                });
+                conns.spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        *self.server.lock().unwrap() = Some(task);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_fault(&self, fault: Fault) {
+        *self.shared.fault.lock().unwrap() = fault;
+    }
+
+    /// Closes the listener and every connection at once, in-flight requests included.
+    pub async fn kill(&self) {
+        let task = self.server.lock().unwrap().take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn restart(&self) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(self.addr).unwrap();
+        self.serve(socket.listen(1024).unwrap());
+    }
+
+    /// The store with every push decoded so far.
+    fn decoded(&self) -> std::sync::MutexGuard<'_, Store> {
+        let mut s = self.shared.store.lock().unwrap();
+        for push in std::mem::take(&mut s.raw) {
+            let meta = logwarden::decode::PushMeta {
+                content_type: push.content_type.as_deref(),
+                content_encoding: push.content_encoding.as_deref(),
+                api: push.api,
+            };
+            let mut lines = Vec::new();
+            let mut reports = Vec::new();
+            logwarden::decode::with_decoded(&push.body, meta, Default::default(), |v| {
+                for st in &v.streams {
+                    let is_report = st.labels.get("job") == Some("logwarden");
+                    for e in &st.entries {
+                        if is_report {
+                            reports.push(StoredReport {
+                                tenant: push.tenant.clone(),
+                                labels: st.labels.to_string(),
+                                line: String::from_utf8_lossy(&e.line).into_owned(),
+                            });
+                        } else {
+                            lines.push(Bytes::copy_from_slice(&e.line));
+                        }
+                    }
+                }
+            })
+            .expect("the fake Loki stored only pushes that decode");
+            for l in lines {
+                *s.lines.entry(l).or_insert(0) += 1;
+            }
+            s.reports.extend(reports);
+        }
+        s
+    }
+
+    /// How many times `line` was stored (0: never).
+    pub fn stored(&self, line: &[u8]) -> u32 {
+        self.decoded().lines.get(line).copied().unwrap_or(0)
+    }
+
+    /// Lines stored more than once, counted once per extra copy.
+    pub fn duplicates(&self) -> u64 {
+        let store = self.decoded();
+        store.lines.values().map(|&n| u64::from(n - 1)).sum()
+    }
+
+    /// Distinct lines stored.
+    pub fn distinct_lines(&self) -> usize {
+        self.decoded().lines.len()
+    }
+
+    pub fn reports(&self) -> Vec<StoredReport> {
+        self.decoded().reports.clone()
+    }
+
+    /// (pushes stored, pushes refused, pushes stalled).
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let s = self.shared.store.lock().unwrap();
+        (s.pushes, s.refused, s.stalled)
+    }
+}
+
+impl Drop for StoringLoki {
+    fn drop(&mut self) {
+        if let Some(task) = self.server.lock().unwrap().take() {
+            task.abort();
+        }
+    }
+}
+
+async fn loki_answer(
+    shared: Arc<LokiShared>,
+    req: http::Request<hyper::body::Incoming>,
+) -> http::Response<http_body_util::Full<Bytes>> {
+    let answer = |status: u16| {
+        http::Response::builder()
+            .status(status)
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let (parts, body) = req.into_parts();
+    if parts.method != Method::POST || !parts.uri.path().ends_with("/push") {
+        return answer(404);
+    }
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        return answer(400);
+    };
+    let fault = *shared.fault.lock().unwrap();
+    let store = match fault {
+        Fault::None | Fault::Stall { .. } => true,
+        Fault::Refuse { store, .. } => store,
+    };
+    if store {
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let mut s = shared.store.lock().unwrap();
+        s.pushes += 1;
+        s.raw.push(RawPush {
+            content_type: header("content-type"),
+            content_encoding: header("content-encoding"),
+            api: logwarden::decode::PushApi::from_path(parts.uri.path()),
+            tenant: header("x-scope-orgid"),
+            body,
+        });
+    }
+    match fault {
+        Fault::None => answer(204),
+        Fault::Refuse { status, .. } => {
+            shared.store.lock().unwrap().refused += 1;
+            answer(status)
+        }
+        Fault::Stall { delay } => {
+            shared.store.lock().unwrap().stalled += 1;
+            tokio::time::sleep(delay).await;
+            answer(204)
+        }
+    }
+}
+
+/// `logwarden serve` as a child process (the real binary), with its stdout and stderr
+/// captured; killed when dropped.
+pub struct ServeProcess {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+    config: std::path::PathBuf,
+    upstream: String,
+    envs: Vec<(String, String)>,
+    output: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl ServeProcess {
+    /// Starts `serve` on 127.0.0.1:0 with `yaml` as its config file and `envs` for secrets.
+    pub async fn start(yaml: &str, upstream: &str, envs: &[(&str, &str)]) -> ServeProcess {
+        Self::start_with_log_level(yaml, upstream, envs, "info").await
+    }
+
+    /// Like [`ServeProcess::start`], logging at `level` (`RUST_LOG`).
+    pub async fn start_with_log_level(
+        yaml: &str,
+        upstream: &str,
+        envs: &[(&str, &str)],
+        level: &str,
+    ) -> ServeProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("logwarden.yml");
+        std::fs::write(&config, yaml).unwrap();
+        let mut envs: Vec<(String, String)> = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        envs.push(("RUST_LOG".into(), level.into()));
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let (child, addr) = spawn_serve(&config, upstream, &envs, "127.0.0.1:0", &output).await;
+        ServeProcess {
+            child,
+            addr,
+            config,
+            upstream: upstream.to_owned(),
+            envs,
+            output,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Replaces the config file (read at the next start).
+    pub fn rewrite_config(&self, yaml: &str) {
+        std::fs::write(&self.config, yaml).unwrap();
+    }
+
+    /// SIGKILL: no shutdown, no drain; whatever was queued inside is lost.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the binary again on the same address.
+    pub async fn restart(&mut self) {
+        let listen = self.addr.to_string();
+        let (child, addr) = spawn_serve(
+            &self.config,
+            &self.upstream,
+            &self.envs,
+            &listen,
+            &self.output,
+        )
+        .await;
+        assert_eq!(addr, self.addr);
+        self.child = child;
+    }
+
+    /// `/metrics` as text.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`: resident now, and at peak).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
+    }
+
+    /// Everything the process wrote to stdout and stderr so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn spawn_serve(
+    config: &std::path::Path,
+    upstream: &str,
+    envs: &[(String, String)],
+    listen: &str,
+    output: &Arc<Mutex<Vec<String>>>,
+) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_logwarden"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(["--listen", listen, "--upstream", upstream])
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    for pipe in [
+        Box::new(stdout) as Box<dyn std::io::Read + Send>,
+        Box::new(stderr),
+    ] {
+        let (sink, tx) = (Arc::clone(output), tx.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if let Some(addr) = v.pointer("/fields/listen").or_else(|| v.get("listen")) {
+                        if let Some(a) = addr.as_str().and_then(|a| a.parse::<SocketAddr>().ok()) {
+                            let _ = tx.send(a);
+                        }
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+    }
+    let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let Ok(addr) = addr else {
+        let _ = child.kill();
+        panic!(
+            "logwarden serve did not report its address; output:\n{}",
+            output.lock().unwrap().join("\n")
+        );
+    };
+    (child, addr)
+}
+
+/// Sums every series of metric `name` in a `/metrics` text whose labels contain each of
+/// `labels` (e.g. `rule="ssh-brute-force"`).
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            if !(rest.is_empty() || rest.starts_with('{')) {
+                return None;
+            }
+            labels
+                .iter()
+                .all(|want| rest.contains(want))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// A server on 127.0.0.1:0 that accepts connections and never answers (a stalled backend):
+/// it holds every connection open and counts them.
+pub struct Blackhole {
+    pub addr: SocketAddr,
+    accepted: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Blackhole {
+    pub async fn start() -> Blackhole {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = Arc::clone(&accepted);
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                held.push(stream);
+            }
+        });
+        Blackhole {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A loopback port with nothing listening on it (connections are refused).
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
