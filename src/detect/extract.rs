@@ -45,6 +45,55 @@ pub fn parse_ip(s: &str) -> Option<IpAddr> {
     })
 }
 
+/// A set of networks (CIDRs) with a membership test that costs a mask and a compare per
+/// network: the allowlist, checked for every keyed match.
+#[derive(Debug, Clone, Default)]
+pub struct NetSet {
+    /// (network, mask) of the IPv4 networks.
+    v4: Vec<(u32, u32)>,
+    /// (network, mask) of the IPv6 networks.
+    v6: Vec<(u128, u128)>,
+}
+
+impl NetSet {
+    /// Builds the set from networks as configured.
+    pub fn new(nets: &[ipnet::IpNet]) -> Self {
+        let mut set = NetSet::default();
+        for net in nets {
+            match net {
+                ipnet::IpNet::V4(n) => {
+                    let mask = u32::MAX
+                        .checked_shl(32 - u32::from(n.prefix_len()))
+                        .unwrap_or(0);
+                    set.v4.push((u32::from(n.network()) & mask, mask));
+                }
+                ipnet::IpNet::V6(n) => {
+                    let mask = u128::MAX
+                        .checked_shl(128 - u32::from(n.prefix_len()))
+                        .unwrap_or(0);
+                    set.v6.push((u128::from(n.network()) & mask, mask));
+                }
+            }
+        }
+        set
+    }
+
+    /// Returns true when a network of the set contains `ip` (IPv4 networks hold IPv4 addresses
+    /// only, IPv6 networks IPv6 addresses only).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(v4) => {
+                let a = u32::from(v4);
+                self.v4.iter().any(|&(net, mask)| a & mask == net)
+            }
+            IpAddr::V6(v6) => {
+                let a = u128::from(v6);
+                self.v6.iter().any(|&(net, mask)| a & mask == net)
+            }
+        }
+    }
+}
+
 /// Normalises a source that may be an address or a host name: addresses as [`normalize_ip`],
 /// host names (sshd with `UseDNS yes` logs them) lower-cased. Returns `None` for anything that is
 /// neither (empty, too long, or characters no host name has).
@@ -91,7 +140,25 @@ pub struct AccessLine<'a> {
 
 /// Parses a combined/common access-log line. Returns `None` for lines of another shape.
 pub fn parse_access(line: &str) -> Option<AccessLine<'_>> {
-    let open = line.find(" [")?;
+    let (mut a, tail) = parse_access_head(line)?;
+    (a.referer, a.user_agent) = parse_access_tail(tail);
+    Some(a)
+}
+
+/// Parses an access-log line up to its status: the [`AccessLine`] without `referer` and
+/// `user_agent` (left `-`), and the rest of the line, for [`parse_access_tail`]. Returns `None`
+/// for lines of another shape (exactly when [`parse_access`] does).
+pub fn parse_access_head(line: &str) -> Option<(AccessLine<'_>, &str)> {
+    let bytes = line.as_bytes();
+    // The first " [".
+    let mut from = 1;
+    let open = loop {
+        let at = from + memchr::memchr(b'[', bytes.get(from..)?)?;
+        if bytes[at - 1] == b' ' {
+            break at - 1;
+        }
+        from = at + 1;
+    };
     if open > 300 {
         return None;
     }
@@ -111,7 +178,16 @@ pub fn parse_access(line: &str) -> Option<AccessLine<'_>> {
         }
     };
     let rest = &line[open + 2..];
-    let close = rest.find("] \"")?;
+    // The first `] "` after it.
+    let rb = rest.as_bytes();
+    let mut from = 0;
+    let close = loop {
+        let at = from + memchr::memchr(b']', rb.get(from..)?)?;
+        if rb.get(at + 1..at + 3) == Some(b" \"") {
+            break at;
+        }
+        from = at + 1;
+    };
     let time = &rest[..close];
     let after_time = &rest[close + 3..];
     // The request ends at the first `" NNN ` (a status); the request itself may contain quotes.
@@ -135,9 +211,6 @@ pub fn parse_access(line: &str) -> Option<AccessLine<'_>> {
     let request = &after_time[..end];
     let status = &after_time[end + 2..end + 5];
     let tail = &after_time[(end + 5).min(after_time.len())..];
-    let mut quoted = QuotedIter { s: tail };
-    let referer = quoted.next().unwrap_or("-");
-    let user_agent = quoted.next().unwrap_or("-");
     let (mut method, mut path, mut query) = ("", "", "");
     let mut parts = request.split(' ');
     if let (Some(m), Some(target)) = (parts.next(), parts.next()) {
@@ -149,7 +222,7 @@ pub fn parse_access(line: &str) -> Option<AccessLine<'_>> {
             }
         }
     }
-    Some(AccessLine {
+    let line = AccessLine {
         vhost,
         ip,
         user,
@@ -159,9 +232,19 @@ pub fn parse_access(line: &str) -> Option<AccessLine<'_>> {
         path,
         query,
         status,
-        referer,
-        user_agent,
-    })
+        referer: "-",
+        user_agent: "-",
+    };
+    Some((line, tail))
+}
+
+/// Parses the referer and user agent from the rest of an access-log line after its status (see
+/// [`parse_access_head`]); `-` for each one missing.
+pub fn parse_access_tail(tail: &str) -> (&str, &str) {
+    let mut quoted = QuotedIter { s: tail };
+    let referer = quoted.next().unwrap_or("-");
+    let user_agent = quoted.next().unwrap_or("-");
+    (referer, user_agent)
 }
 
 /// Iterates over `"…"` strings, honouring `\"` escapes (apache) inside them.
@@ -173,19 +256,18 @@ impl<'a> Iterator for QuotedIter<'a> {
     type Item = &'a str;
 
     fn next(&mut self) -> Option<&'a str> {
-        let start = self.s.find('"')? + 1;
         let b = self.s.as_bytes();
+        let start = memchr::memchr(b'"', b)? + 1;
         let mut i = start;
-        while i < b.len() {
-            match b[i] {
-                b'\\' => i += 2,
-                b'"' => {
-                    let out = &self.s[start..i];
-                    self.s = &self.s[i + 1..];
-                    return Some(out);
-                }
-                _ => i += 1,
+        while let Some(off) = memchr::memchr2(b'\\', b'"', &b[i.min(b.len())..]) {
+            i += off;
+            if b[i] == b'\\' {
+                i += 2;
+                continue;
             }
+            let out = &self.s[start..i];
+            self.s = &self.s[i + 1..];
+            return Some(out);
         }
         let out = &self.s[start..];
         self.s = "";
@@ -638,6 +720,41 @@ fn json_time(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn net_sets_contain_what_ipnet_contains() {
+        let nets: Vec<ipnet::IpNet> = [
+            "127.0.0.0/8",
+            "10.1.2.3/32",
+            "0.0.0.0/0",
+            "fc00::/7",
+            "::1/128",
+            "2001:db8::/128",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        for take in 0..nets.len() {
+            let set = NetSet::new(&nets[..take]);
+            for ip in [
+                "127.1.2.3",
+                "128.0.0.1",
+                "10.1.2.3",
+                "10.1.2.4",
+                "fd00::1",
+                "fe00::1",
+                "::1",
+                "::2",
+                "2001:db8::",
+                "2001:db8::1",
+                "1.2.3.4",
+            ] {
+                let ip: IpAddr = ip.parse().unwrap();
+                let want = nets[..take].iter().any(|n| n.contains(&ip));
+                assert_eq!(set.contains(ip), want, "{ip} in {:?}", &nets[..take]);
+            }
+        }
+    }
 
     #[test]
     fn normalizes_addresses() {
