@@ -40,6 +40,9 @@ use crate::incident::{EventTime, Incident, IncidentSink, Sample};
 /// The built-in rule pack, embedded in the binary.
 pub const BUILTIN_RULES: &str = include_str!("detect/builtin.yml");
 
+/// What access-log lines have between the time and the request: `… [time] "GET …`.
+const ACCESS_SHAPE: &str = "] \"";
+
 /// Separates tenant and key in the per-rule maps (a control character no key contains).
 const TENANT_SEP: char = '\u{1f}';
 
@@ -208,7 +211,7 @@ struct Compiled {
     rules: Vec<Arc<Rule>>,
     states: Vec<Arc<KeyMap>>,
     rule_matches: Vec<prometheus::IntCounter>,
-    prefilter: Option<LiteralSet>,
+    prefilter: LiteralSet,
     /// Every distinct regex of every rule, once (rules that share a regex share its result).
     regexes: Vec<regex::Regex>,
     /// Per regex: the lower-case literal every match of it starts with, when it has one.
@@ -223,8 +226,8 @@ struct Compiled {
     always: Vec<u32>,
     /// Per rule: the rules (indexes) whose open incidents suppress it (`suppressed_by`).
     suppressors: Vec<Vec<u32>>,
-    /// Finds `] "` (built once: building a searcher per line cost more than the search).
-    access_shape: memchr::memmem::Finder<'static>,
+    /// The prefilter's pattern id for [`ACCESS_SHAPE`].
+    access_shape: u32,
     samples_per_key: usize,
     max_sample_bytes: usize,
     max_keys: usize,
@@ -375,7 +378,10 @@ impl Compiled {
             }
         }
         // The one pass over every line: case-insensitive, so lines need no lower-cased copy.
-        let prefilter = (!patterns.is_empty()).then(|| LiteralSet::new(&patterns));
+        // Its last pattern is the access-log shape that gates the rules without literals.
+        let access_shape = patterns.len() as u32;
+        patterns.push(ACCESS_SHAPE.to_owned());
+        let prefilter = LiteralSet::new(&patterns);
         let mut states = Vec::with_capacity(rules.len());
         for rule in &rules {
             let kept = previous.and_then(|p| {
@@ -449,7 +455,7 @@ impl Compiled {
             all_masks,
             always,
             suppressors,
-            access_shape: memchr::memmem::Finder::new(b"] \"").into_owned(),
+            access_shape,
             samples_per_key: cfg.samples_per_key,
             max_sample_bytes: cfg.max_sample_bytes,
             max_keys: cfg.max_keys,
@@ -844,9 +850,7 @@ impl Batch<'_> {
     pub fn line(&mut self, ts_ns: i64, line: &[u8], on_match: &mut dyn FnMut(LineMatch<'_>)) {
         let mut hits = std::mem::take(&mut self.hits);
         hits.clear();
-        if let Some(literals) = &self.compiled.prefilter {
-            literals.find_all(line, &mut hits);
-        }
+        self.compiled.prefilter.find_all(line, &mut hits);
         self.line_with_hits(ts_ns, line, &hits, on_match);
         self.hits = hits;
     }
@@ -857,9 +861,7 @@ impl Batch<'_> {
         let compiled = Arc::clone(&self.compiled);
         for entry in entries {
             hits.clear();
-            if let Some(literals) = &compiled.prefilter {
-                literals.find_all(&entry.line, &mut hits);
-            }
+            compiled.prefilter.find_all(&entry.line, &mut hits);
             self.line_with_hits(entry.timestamp_ns, &entry.line, &hits, on_match);
         }
         self.hits = hits;
@@ -887,7 +889,12 @@ impl Batch<'_> {
         }
         let generation = self.generation;
         self.touched.clear();
+        let mut access_shape = false;
         for &pattern in hits {
+            if pattern == compiled.access_shape {
+                access_shape = true;
+                continue;
+            }
             {
                 for &(r, role) in &compiled.owners[pattern as usize] {
                     let ri = r as usize;
@@ -911,7 +918,7 @@ impl Batch<'_> {
         }
         // Rules without literals are access-log rules: skip them on lines without the shape
         // `… [time] "request" …` before paying for UTF-8 validation and parsing.
-        let always = !compiled.always.is_empty() && compiled.access_shape.find(line).is_some();
+        let always = !compiled.always.is_empty() && access_shape;
         if self.touched.is_empty() && !always {
             return;
         }

@@ -162,20 +162,28 @@ pub fn parse_access_head(line: &str) -> Option<(AccessLine<'_>, &str)> {
     if open > 300 {
         return None;
     }
-    let mut head = line[..open].split(' ').filter(|s| !s.is_empty());
-    let (vhost, ip, user) = {
-        let parts: [Option<&str>; 5] = [
-            head.next(),
-            head.next(),
-            head.next(),
-            head.next(),
-            head.next(),
-        ];
-        match parts {
-            [Some(ip), Some(_ident), Some(user), None, None] => (None, ip, user),
-            [Some(vhost), Some(ip), Some(_ident), Some(user), None] => (Some(vhost), ip, user),
-            _ => return None,
+    // The words before it (separated by one or more spaces): `ip ident user`, or a virtual
+    // host and those three.
+    let mut words = [""; 4];
+    let mut count = 0;
+    let mut at = 0;
+    while at < open {
+        if bytes[at] == b' ' {
+            at += 1;
+            continue;
         }
+        let end = memchr::memchr(b' ', &bytes[at..open]).map_or(open, |n| at + n);
+        if count == words.len() {
+            return None;
+        }
+        words[count] = &line[at..end];
+        count += 1;
+        at = end;
+    }
+    let (vhost, ip, user) = match count {
+        3 => (None, words[0], words[2]),
+        4 => (Some(words[0]), words[1], words[3]),
+        _ => return None,
     };
     let rest = &line[open + 2..];
     // The first `] "` after it.
@@ -211,13 +219,16 @@ pub fn parse_access_head(line: &str) -> Option<(AccessLine<'_>, &str)> {
     let request = &after_time[..end];
     let status = &after_time[end + 2..end + 5];
     let tail = &after_time[(end + 5).min(after_time.len())..];
+    // `METHOD target …`: the method, then the target up to the next space.
     let (mut method, mut path, mut query) = ("", "", "");
-    let mut parts = request.split(' ');
-    if let (Some(m), Some(target)) = (parts.next(), parts.next()) {
+    if let Some(sp) = memchr::memchr(b' ', request.as_bytes()) {
+        let m = &request[..sp];
         if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) {
+            let rest = &request[sp + 1..];
+            let target = &rest[..memchr::memchr(b' ', rest.as_bytes()).unwrap_or(rest.len())];
             method = m;
-            match target.split_once('?') {
-                Some((p, q)) => (path, query) = (p, q),
+            match memchr::memchr(b'?', target.as_bytes()) {
+                Some(q) => (path, query) = (&target[..q], &target[q + 1..]),
                 None => path = target,
             }
         }
@@ -799,6 +810,21 @@ mod tests {
         let a = parse_access(bad).unwrap();
         assert_eq!((a.request, a.method, a.status), ("", "", "400"));
         assert!(parse_access("Jan  1 00:00:00 host sshd[1]: hello [x] \"y\" 200 ").is_none());
+        // Words separated by several spaces; too few or too many words; odd request lines.
+        let a = parse_access(r#" 1.2.3.4  -   - [t] "POST  /x?a?b HTTP/1.0" 200 1"#).unwrap();
+        assert_eq!((a.vhost, a.ip, a.user), (None, "1.2.3.4", "-"));
+        assert_eq!((a.method, a.path, a.query), ("POST", "", ""));
+        let a = parse_access(r#"h 1.2.3.4 - u [t] "GET /x?a?b" 200 1"#).unwrap();
+        assert_eq!(
+            (a.vhost, a.user, a.path, a.query),
+            (Some("h"), "u", "/x", "a?b")
+        );
+        let a = parse_access(r#"1.2.3.4 - - [t] "get /x HTTP/1.1" 200 1"#).unwrap();
+        assert_eq!((a.method, a.path), ("", ""));
+        let a = parse_access(r#"1.2.3.4 - - [t] "GET" 200 1"#).unwrap();
+        assert_eq!((a.method, a.path, a.request), ("", "", "GET"));
+        assert!(parse_access(r#"1.2.3.4 - [t] "GET / HTTP/1.1" 200 1"#).is_none());
+        assert!(parse_access(r#"a b c d e [t] "GET / HTTP/1.1" 200 1"#).is_none());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! each other, so a line that contains no anchor costs a few instructions per byte, instead of
 //! the chain of dependent transitions an automaton walks. The result is exact: every occurrence
 //! of a literal contains its anchor at a fixed offset, and every candidate is verified.
-//! One-byte literals are searched with `memchr`.
+//! One-byte literals are anchored at every pair they start.
 
 /// Pairs of (lower-cased) bytes common in log text, most common first, counted over the sample
 /// logs in this repository. A literal is anchored at the pair least likely to occur in ordinary
@@ -37,11 +37,14 @@ const COMMON_PAIRS: [&[u8; 2]; 256] = [
     b"0:", b"42", b":4", b"im", b"bl", b"26", b"ea", b"5 ", b"fr",
 ];
 
-/// One literal anchored at a pair: its index, and the offset of the pair in it.
+/// One literal anchored at a pair: its index, the offset of the pair in it, its length and its
+/// first byte (checked before the literal is read).
 #[derive(Debug, Clone, Copy)]
 struct Anchored {
     literal: u32,
     offset: u32,
+    len: u32,
+    first: u8,
 }
 
 /// Finds every literal of a fixed set that occurs in a line (ASCII case-insensitive).
@@ -57,7 +60,7 @@ pub struct LiteralSet {
     slots: Vec<(u32, u32)>,
     /// The anchored literals, grouped by (lower-cased) anchor pair.
     anchored: Vec<Anchored>,
-    /// One-byte literals: (pattern id, lower-case byte, upper-case byte).
+    /// One-byte literals: (pattern id, lower-case byte, upper-case byte), for the last byte.
     single: Vec<(u32, u8, u8)>,
 }
 
@@ -76,7 +79,29 @@ impl LiteralSet {
             let id = id as u32;
             match lit.len() {
                 0 => {}
-                1 => single.push((id, lit[0], lit[0].to_ascii_uppercase())),
+                1 => {
+                    // Anchored at every pair it starts (the line's last byte is checked apart):
+                    // no separate pass over the line.
+                    let (c, upper) = (lit[0], lit[0].to_ascii_uppercase());
+                    single.push((id, c, upper));
+                    for y in (0..=255u8).filter(|y| !y.is_ascii_uppercase()) {
+                        for x in [c, upper] {
+                            for y in [y, y.to_ascii_uppercase()] {
+                                let idx = pair_index(x, y);
+                                bits[idx >> 6] |= 1 << (idx & 63);
+                            }
+                        }
+                        by_pair.push((
+                            pair_index(c, y) as u16,
+                            Anchored {
+                                literal: id,
+                                offset: 0,
+                                len: 1,
+                                first: c,
+                            },
+                        ));
+                    }
+                }
                 _ => {
                     let offset = (0..lit.len() - 1)
                         .min_by_key(|&i| pair_score(lit[i], lit[i + 1]))
@@ -93,6 +118,8 @@ impl LiteralSet {
                         Anchored {
                             literal: id,
                             offset: offset as u32,
+                            len: lit.len() as u32,
+                            first: lit[0],
                         },
                     ));
                 }
@@ -151,14 +178,11 @@ impl LiteralSet {
     /// Pushes the id of every literal that occurs in `line` to `out` (a literal that occurs
     /// several times may be pushed several times; the order is unspecified).
     pub fn find_all(&self, line: &[u8], out: &mut Vec<u32>) {
-        for &(id, lower, upper) in &self.single {
-            let found = if lower == upper {
-                memchr::memchr(lower, line).is_some()
-            } else {
-                memchr::memchr2(lower, upper, line).is_some()
-            };
-            if found {
-                out.push(id);
+        if let Some(&last) = line.last() {
+            for &(id, lower, upper) in &self.single {
+                if last == lower || last == upper {
+                    out.push(id);
+                }
             }
         }
         if self.anchored.is_empty() {
@@ -203,15 +227,20 @@ impl LiteralSet {
             return;
         };
         for a in &self.anchored[start as usize..end as usize] {
-            let lit = &self.literals[a.literal as usize];
             let Some(from) = at.checked_sub(a.offset as usize) else {
                 continue;
             };
-            if line.get(from..from + lit.len()).is_some_and(|s| {
-                s.iter()
-                    .zip(lit.iter())
-                    .all(|(&x, &y)| x.to_ascii_lowercase() == y)
-            }) {
+            let Some(s) = line.get(from..from + a.len as usize) else {
+                continue;
+            };
+            if s[0].to_ascii_lowercase() != a.first {
+                continue;
+            }
+            let lit = &self.literals[a.literal as usize];
+            if s.iter()
+                .zip(lit.iter())
+                .all(|(&x, &y)| x.to_ascii_lowercase() == y)
+            {
                 out.push(a.literal);
             }
         }
