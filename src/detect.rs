@@ -6,12 +6,14 @@
 //! atomically by [`Detector::reload`]), the per-(rule, key) windows, and its metrics.
 //! Must never block or await: it is plain synchronous code called from several worker threads.
 //!
-//! Per line: one pass of an ASCII-case-insensitive Aho-Corasick DFA over every rule's literals
-//! (no lower-cased copy), then only the rules whose literals hit run their parser, conditions
-//! and regexes. A line no rule can match costs that one scan. Regex results are shared: rules
+//! Per line: one pass of an ASCII-case-insensitive literal search over every rule's literals
+//! ([`literals::LiteralSet`]: byte-pair anchors, no lower-cased copy), then only the rules whose
+//! literals hit run their parser, conditions and regexes. A line no rule can match costs that one
+//! scan. Regex results are shared: rules
 //! that use the same regex (the SSH rules share one list) run it once per line.
 
 pub mod extract;
+pub mod literals;
 pub mod rule;
 mod state;
 pub mod window;
@@ -25,12 +27,11 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use aho_corasick::automaton::Automaton;
-use aho_corasick::{dfa::DFA, Anchored, MatchKind};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use self::extract::{AccessLine, SyslogHeader};
+use self::extract::{AccessLine, NetSet, SyslogHeader};
+use self::literals::LiteralSet;
 use self::rule::{ParserKind, Rule, RuleFile};
 use self::state::{hash_bytes, hash_str, KeyMap, KeyState, NewSample, Outcome};
 use crate::decode::{labels::push_quoted, EntryView, Labels, PushView};
@@ -41,6 +42,9 @@ use crate::state::{
 
 /// The built-in rule pack, embedded in the binary.
 pub const BUILTIN_RULES: &str = include_str!("detect/builtin.yml");
+
+/// What access-log lines have between the time and the request: `… [time] "GET …`.
+const ACCESS_SHAPE: &str = "] \"";
 
 /// Separates tenant and key in the per-rule maps (a control character no key contains).
 const TENANT_SEP: char = '\u{1f}';
@@ -210,9 +214,11 @@ struct Compiled {
     rules: Vec<Arc<Rule>>,
     states: Vec<Arc<KeyMap>>,
     rule_matches: Vec<prometheus::IntCounter>,
-    prefilter: Option<DFA>,
+    prefilter: LiteralSet,
     /// Every distinct regex of every rule, once (rules that share a regex share its result).
     regexes: Vec<regex::Regex>,
+    /// Per regex: the lower-case literal every match of it starts with, when it has one.
+    regex_prefixes: Vec<Option<memchr::memmem::Finder<'static>>>,
     /// Per rule: indexes into `regexes` of its `regex` list, in order.
     rule_regexes: Vec<Vec<u32>>,
     /// For each prefilter pattern: the (rule, role) pairs that use it.
@@ -223,12 +229,12 @@ struct Compiled {
     always: Vec<u32>,
     /// Per rule: the rules (indexes) whose open incidents suppress it (`suppressed_by`).
     suppressors: Vec<Vec<u32>>,
-    /// Finds `] "` (built once: building a searcher per line cost more than the search).
-    access_shape: memchr::memmem::Finder<'static>,
+    /// The prefilter's pattern id for [`ACCESS_SHAPE`].
+    access_shape: u32,
     samples_per_key: usize,
     max_sample_bytes: usize,
     max_keys: usize,
-    allowlist: Vec<IpNet>,
+    allowlist: NetSet,
 }
 
 struct RuleSource {
@@ -374,23 +380,11 @@ impl Compiled {
                 always.push(r);
             }
         }
-        let prefilter = if patterns.is_empty() {
-            None
-        } else {
-            Some(
-                // A full DFA, searched by hand (`scan_literals`): the one pass over every line
-                // is the hot loop. Case-insensitive, so lines need no lower-cased copy.
-                DFA::builder()
-                    .match_kind(MatchKind::Standard)
-                    .ascii_case_insensitive(true)
-                    .start_kind(aho_corasick::StartKind::Unanchored)
-                    .build(&patterns)
-                    .map_err(|e| DetectError::Rule {
-                        location: "rule set".into(),
-                        message: format!("couldn't build the prefilter: {e}"),
-                    })?,
-            )
-        };
+        // The one pass over every line: case-insensitive, so lines need no lower-cased copy.
+        // Its last pattern is the access-log shape that gates the rules without literals.
+        let access_shape = patterns.len() as u32;
+        patterns.push(ACCESS_SHAPE.to_owned());
+        let prefilter = LiteralSet::new(&patterns);
         let mut states = Vec::with_capacity(rules.len());
         for rule in &rules {
             let kept = previous.and_then(|p| {
@@ -441,6 +435,13 @@ impl Compiled {
                     .collect()
             })
             .collect();
+        let regex_prefixes = regexes
+            .iter()
+            .map(|re| {
+                rule::required_prefix(re.as_str())
+                    .map(|p| memchr::memmem::Finder::new(&p).into_owned())
+            })
+            .collect();
         let rule_matches = rules
             .iter()
             .map(|r| metrics.rule_matches.with_label_values(&[r.id.as_str()]))
@@ -451,16 +452,17 @@ impl Compiled {
             rule_matches,
             prefilter,
             regexes,
+            regex_prefixes,
             rule_regexes,
             owners,
             all_masks,
             always,
             suppressors,
-            access_shape: memchr::memmem::Finder::new(b"] \"").into_owned(),
+            access_shape,
             samples_per_key: cfg.samples_per_key,
             max_sample_bytes: cfg.max_sample_bytes,
             max_keys: cfg.max_keys,
-            allowlist: cfg.allowlist.clone(),
+            allowlist: NetSet::new(&cfg.allowlist),
         })
     }
 }
@@ -644,6 +646,8 @@ impl Detector {
                     .iter()
                     .map(regex::Regex::capture_locations)
                     .collect(),
+                lower: Vec::new(),
+                lower_generation: 0,
             },
             any_gen: vec![0; n],
             all_gen: vec![0; n],
@@ -651,7 +655,6 @@ impl Detector {
             none_gen: vec![0; n],
             touched: Vec::new(),
             hits: Vec::new(),
-            line_hits: Vec::new(),
             key_buf: String::new(),
             fired: Vec::new(),
             matches: vec![0; n],
@@ -745,9 +748,8 @@ pub struct Batch<'d> {
     all_bits: Vec<u64>,
     none_gen: Vec<u32>,
     touched: Vec<u32>,
-    /// Prefilter pattern hits of the current line; of a chunk of lines (`entries`).
+    /// Prefilter pattern hits of the current line.
     hits: Vec<u32>,
-    line_hits: Vec<(u32, u32)>,
     key_buf: String,
     fired: Vec<(u32, Box<str>)>,
     matches: Vec<u64>,
@@ -764,17 +766,22 @@ pub struct Batch<'d> {
 /// Per-line lazily computed views shared by the rules that look at the line.
 struct LineView<'t> {
     text: &'t str,
+    /// The access-log fields up to the status; the referer and user agent are parsed from
+    /// `access_tail` when a rule reads them.
     access: Option<Option<AccessLine<'t>>>,
+    access_tail: &'t str,
     syslog: Option<Option<SyslogHeader<'t>>>,
     uri_decoded: Option<String>,
 }
 
 impl<'t> LineView<'t> {
     fn access(&mut self) -> Option<AccessLine<'t>> {
-        let text = self.text;
-        *self
-            .access
-            .get_or_insert_with(|| extract::parse_access(text))
+        if self.access.is_none() {
+            let parsed = extract::parse_access_head(self.text);
+            self.access_tail = parsed.map_or("", |(_, tail)| tail);
+            self.access = Some(parsed.map(|(a, _)| a));
+        }
+        self.access.flatten()
     }
 
     fn syslog(&mut self) -> Option<SyslogHeader<'t>> {
@@ -804,8 +811,8 @@ impl<'t> LineView<'t> {
                 "path" => Some(a.path),
                 "query" => Some(a.query),
                 "status" => Some(a.status),
-                "referer" => Some(a.referer),
-                "user_agent" => Some(a.user_agent),
+                "referer" => Some(extract::parse_access_tail(self.access_tail).0),
+                "user_agent" => Some(extract::parse_access_tail(self.access_tail).1),
                 "vhost" => a.vhost,
                 "request" => Some(a.request),
                 "uri" => {
@@ -863,41 +870,21 @@ impl Batch<'_> {
     pub fn line(&mut self, ts_ns: i64, line: &[u8], on_match: &mut dyn FnMut(LineMatch<'_>)) {
         let mut hits = std::mem::take(&mut self.hits);
         hits.clear();
-        if let Some(dfa) = &self.compiled.prefilter {
-            scan_literals(dfa, line, &mut hits);
-        }
+        self.compiled.prefilter.find_all(line, &mut hits);
         self.line_with_hits(ts_ns, line, &hits, on_match);
         self.hits = hits;
     }
 
-    /// Runs every rule over a stream's entries. Same result as [`Batch::line`] per entry, but
-    /// the literal scan runs over several lines at once (see [`scan_lanes`]).
+    /// Runs every rule over a stream's entries, as [`Batch::line`] does for each.
     pub fn entries(&mut self, entries: &[EntryView<'_>], on_match: &mut dyn FnMut(LineMatch<'_>)) {
-        const CHUNK: usize = 64;
         let mut hits = std::mem::take(&mut self.hits);
-        let mut pairs = std::mem::take(&mut self.line_hits);
-        for chunk in entries.chunks(CHUNK) {
-            pairs.clear();
-            if let Some(dfa) = &self.compiled.prefilter {
-                let mut lines: [&[u8]; CHUNK] = [&[]; CHUNK];
-                for (slot, e) in lines.iter_mut().zip(chunk) {
-                    *slot = &e.line;
-                }
-                scan_lanes(dfa, &lines[..chunk.len()], &mut pairs);
-                pairs.sort_unstable_by_key(|&(line, _)| line);
-            }
-            let mut at = 0;
-            for (k, entry) in chunk.iter().enumerate() {
-                hits.clear();
-                while at < pairs.len() && pairs[at].0 as usize == k {
-                    hits.push(pairs[at].1);
-                    at += 1;
-                }
-                self.line_with_hits(entry.timestamp_ns, &entry.line, &hits, on_match);
-            }
+        let compiled = Arc::clone(&self.compiled);
+        for entry in entries {
+            hits.clear();
+            compiled.prefilter.find_all(&entry.line, &mut hits);
+            self.line_with_hits(entry.timestamp_ns, &entry.line, &hits, on_match);
         }
         self.hits = hits;
-        self.line_hits = pairs;
     }
 
     /// Runs the rules over one line whose literal hits (prefilter pattern indexes) are known.
@@ -917,11 +904,17 @@ impl Batch<'_> {
             self.none_gen.fill(0);
             self.touched_gen.fill(0);
             self.regex_cache.generation.fill(0);
+            self.regex_cache.lower_generation = 0;
             self.generation = 1;
         }
         let generation = self.generation;
         self.touched.clear();
+        let mut access_shape = false;
         for &pattern in hits {
+            if pattern == compiled.access_shape {
+                access_shape = true;
+                continue;
+            }
             {
                 for &(r, role) in &compiled.owners[pattern as usize] {
                     let ri = r as usize;
@@ -945,7 +938,7 @@ impl Batch<'_> {
         }
         // Rules without literals are access-log rules: skip them on lines without the shape
         // `… [time] "request" …` before paying for UTF-8 validation and parsing.
-        let always = !compiled.always.is_empty() && compiled.access_shape.find(line).is_some();
+        let always = !compiled.always.is_empty() && access_shape;
         if self.touched.is_empty() && !always {
             return;
         }
@@ -961,10 +954,15 @@ impl Batch<'_> {
             // Rule order (for `on_match`); the list is short and usually nearly sorted.
             self.touched.sort_unstable();
         }
-        let text: Cow<'_, str> = String::from_utf8_lossy(line);
+        // Valid UTF-8 (nearly every line) is checked much faster than it is repaired.
+        let text: Cow<'_, str> = match std::str::from_utf8(line) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(line),
+        };
         let mut view = LineView {
             text: &text,
             access: None,
+            access_tail: "",
             syslog: None,
             uri_decoded: None,
         };
@@ -1056,7 +1054,7 @@ impl Batch<'_> {
             match view.get(&f.name, caps.as_ref(), &labels) {
                 Some(v) if f.name == "ip" || f.name.ends_with("_ip") => {
                     if let Some(ip) = extract::parse_ip(&v) {
-                        allowlisted |= compiled.allowlist.iter().any(|net| net.contains(&ip));
+                        allowlisted |= compiled.allowlist.contains(ip);
                         push_ip(&mut self.key_buf, ip);
                     } else if let Some(host) = extract::normalize_source(&v) {
                         self.key_buf.push_str(&host);
@@ -1326,6 +1324,9 @@ struct RegexCache {
     generation: Vec<u32>,
     hit: Vec<bool>,
     locs: Vec<regex::CaptureLocations>,
+    /// The line in lower case, made for the line `lower_generation` when a regex gate needed it.
+    lower: Vec<u8>,
+    lower_generation: u32,
 }
 
 impl RegexCache {
@@ -1342,15 +1343,33 @@ impl RegexCache {
             let id = id as usize;
             if self.generation[id] != generation {
                 self.generation[id] = generation;
-                self.hit[id] = compiled.regexes[id]
-                    .captures_read(&mut self.locs[id], text)
-                    .is_some();
+                self.hit[id] = self.may_match(compiled, id, text, generation)
+                    && compiled.regexes[id]
+                        .captures_read(&mut self.locs[id], text)
+                        .is_some();
             }
             if self.hit[id] {
                 return Some(id);
             }
         }
         None
+    }
+
+    /// Returns false when regex `id` cannot match `text`: the text lacks the literal every
+    /// match starts with (compared in lower case). A regex search that fails costs a pass over
+    /// the whole line (for regexes anchored at the end, a reverse one); this test is one
+    /// `memmem` over a lower-cased copy, made once per line.
+    fn may_match(&mut self, compiled: &Compiled, id: usize, text: &str, generation: u32) -> bool {
+        let Some(prefix) = &compiled.regex_prefixes[id] else {
+            return true;
+        };
+        if self.lower_generation != generation {
+            self.lower_generation = generation;
+            self.lower.clear();
+            self.lower
+                .extend(text.bytes().map(|b| b.to_ascii_lowercase()));
+        }
+        prefix.find(&self.lower).is_some()
     }
 }
 
@@ -1366,112 +1385,6 @@ impl<'t> Caps<'t, '_> {
         let index = self.regex.capture_names().position(|n| n == Some(name))?;
         let (start, end) = self.locs.get(index)?;
         self.text.get(start..end)
-    }
-}
-
-/// Pushes the index of every literal occurrence in `line` (overlapping, ASCII case-insensitive)
-/// to `out`. A plain loop over the DFA's transitions, kept out of line so the state stays in a
-/// register: the hot loop of the engine.
-#[inline(never)]
-fn scan_literals(dfa: &DFA, line: &[u8], out: &mut Vec<u32>) {
-    let Ok(mut sid) = dfa.start_state(Anchored::No) else {
-        return;
-    };
-    for &byte in line {
-        sid = dfa.next_state(Anchored::No, sid, byte);
-        if dfa.is_special(sid) && dfa.is_match(sid) {
-            note_matches(dfa, sid, 0, out, |_, p| p);
-        }
-    }
-}
-
-#[cold]
-fn note_matches<T>(
-    dfa: &DFA,
-    sid: aho_corasick::automaton::StateID,
-    line: u32,
-    out: &mut Vec<T>,
-    make: impl Fn(u32, u32) -> T,
-) {
-    for i in 0..dfa.match_len(sid) {
-        out.push(make(line, dfa.match_pattern(sid, i).as_u32()));
-    }
-}
-
-/// Like [`scan_literals`] over many lines, pushing `(line index, pattern)`: four lines advance
-/// in lock step, so the four chains of dependent table look-ups overlap in the CPU instead of
-/// each waiting for the previous byte's transition.
-#[inline(never)]
-fn scan_lanes(dfa: &DFA, lines: &[&[u8]], out: &mut Vec<(u32, u32)>) {
-    const LANES: usize = 4;
-    let Ok(start) = dfa.start_state(Anchored::No) else {
-        return;
-    };
-    let mut next = 0usize;
-    // Per lane: the line it scans (usize::MAX: none), the position in it, and the state.
-    let mut line_of = [usize::MAX; LANES];
-    let mut pos = [0usize; LANES];
-    let mut sid = [start; LANES];
-    loop {
-        let mut live = 0;
-        let mut steps = usize::MAX;
-        for k in 0..LANES {
-            if line_of[k] == usize::MAX && next < lines.len() {
-                (line_of[k], pos[k], sid[k]) = (next, 0, start);
-                next += 1;
-            }
-            if line_of[k] != usize::MAX {
-                live += 1;
-                steps = steps.min(lines[line_of[k]].len() - pos[k]);
-            }
-        }
-        if live == 0 {
-            return;
-        }
-        if live == LANES && steps > 0 {
-            let l: [&[u8]; LANES] =
-                std::array::from_fn(|k| &lines[line_of[k]][pos[k]..pos[k] + steps]);
-            let [mut s0, mut s1, mut s2, mut s3] = sid;
-            for i in 0..steps {
-                s0 = dfa.next_state(Anchored::No, s0, l[0][i]);
-                s1 = dfa.next_state(Anchored::No, s1, l[1][i]);
-                s2 = dfa.next_state(Anchored::No, s2, l[2][i]);
-                s3 = dfa.next_state(Anchored::No, s3, l[3][i]);
-                if dfa.is_special(s0) | dfa.is_special(s1) | dfa.is_special(s2) | dfa.is_special(s3)
-                {
-                    for (k, s) in [s0, s1, s2, s3].into_iter().enumerate() {
-                        if dfa.is_special(s) && dfa.is_match(s) {
-                            note_matches(dfa, s, line_of[k] as u32, out, |l, p| (l, p));
-                        }
-                    }
-                }
-            }
-            sid = [s0, s1, s2, s3];
-            for p in &mut pos {
-                *p += steps;
-            }
-        } else if live < LANES {
-            // No lines left to refill with: finish the remaining lanes one by one.
-            for k in 0..LANES {
-                if line_of[k] == usize::MAX {
-                    continue;
-                }
-                let mut s = sid[k];
-                for &byte in &lines[line_of[k]][pos[k]..] {
-                    s = dfa.next_state(Anchored::No, s, byte);
-                    if dfa.is_special(s) && dfa.is_match(s) {
-                        note_matches(dfa, s, line_of[k] as u32, out, |l, p| (l, p));
-                    }
-                }
-                line_of[k] = usize::MAX;
-            }
-        }
-        // Lanes at the end of their line take the next line on the next turn.
-        for k in 0..LANES {
-            if line_of[k] != usize::MAX && pos[k] == lines[line_of[k]].len() {
-                line_of[k] = usize::MAX;
-            }
-        }
     }
 }
 

@@ -45,6 +45,55 @@ pub fn parse_ip(s: &str) -> Option<IpAddr> {
     })
 }
 
+/// A set of networks (CIDRs) with a membership test that costs a mask and a compare per
+/// network: the allowlist, checked for every keyed match.
+#[derive(Debug, Clone, Default)]
+pub struct NetSet {
+    /// (network, mask) of the IPv4 networks.
+    v4: Vec<(u32, u32)>,
+    /// (network, mask) of the IPv6 networks.
+    v6: Vec<(u128, u128)>,
+}
+
+impl NetSet {
+    /// Builds the set from networks as configured.
+    pub fn new(nets: &[ipnet::IpNet]) -> Self {
+        let mut set = NetSet::default();
+        for net in nets {
+            match net {
+                ipnet::IpNet::V4(n) => {
+                    let mask = u32::MAX
+                        .checked_shl(32 - u32::from(n.prefix_len()))
+                        .unwrap_or(0);
+                    set.v4.push((u32::from(n.network()) & mask, mask));
+                }
+                ipnet::IpNet::V6(n) => {
+                    let mask = u128::MAX
+                        .checked_shl(128 - u32::from(n.prefix_len()))
+                        .unwrap_or(0);
+                    set.v6.push((u128::from(n.network()) & mask, mask));
+                }
+            }
+        }
+        set
+    }
+
+    /// Returns true when a network of the set contains `ip` (IPv4 networks hold IPv4 addresses
+    /// only, IPv6 networks IPv6 addresses only).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(v4) => {
+                let a = u32::from(v4);
+                self.v4.iter().any(|&(net, mask)| a & mask == net)
+            }
+            IpAddr::V6(v6) => {
+                let a = u128::from(v6);
+                self.v6.iter().any(|&(net, mask)| a & mask == net)
+            }
+        }
+    }
+}
+
 /// Normalises a source that may be an address or a host name: addresses as [`normalize_ip`],
 /// host names (sshd with `UseDNS yes` logs them) lower-cased. Returns `None` for anything that is
 /// neither (empty, too long, or characters no host name has).
@@ -91,27 +140,62 @@ pub struct AccessLine<'a> {
 
 /// Parses a combined/common access-log line. Returns `None` for lines of another shape.
 pub fn parse_access(line: &str) -> Option<AccessLine<'_>> {
-    let open = line.find(" [")?;
+    let (mut a, tail) = parse_access_head(line)?;
+    (a.referer, a.user_agent) = parse_access_tail(tail);
+    Some(a)
+}
+
+/// Parses an access-log line up to its status: the [`AccessLine`] without `referer` and
+/// `user_agent` (left `-`), and the rest of the line, for [`parse_access_tail`]. Returns `None`
+/// for lines of another shape (exactly when [`parse_access`] does).
+pub fn parse_access_head(line: &str) -> Option<(AccessLine<'_>, &str)> {
+    let bytes = line.as_bytes();
+    // The first " [".
+    let mut from = 1;
+    let open = loop {
+        let at = from + memchr::memchr(b'[', bytes.get(from..)?)?;
+        if bytes[at - 1] == b' ' {
+            break at - 1;
+        }
+        from = at + 1;
+    };
     if open > 300 {
         return None;
     }
-    let mut head = line[..open].split(' ').filter(|s| !s.is_empty());
-    let (vhost, ip, user) = {
-        let parts: [Option<&str>; 5] = [
-            head.next(),
-            head.next(),
-            head.next(),
-            head.next(),
-            head.next(),
-        ];
-        match parts {
-            [Some(ip), Some(_ident), Some(user), None, None] => (None, ip, user),
-            [Some(vhost), Some(ip), Some(_ident), Some(user), None] => (Some(vhost), ip, user),
-            _ => return None,
+    // The words before it (separated by one or more spaces): `ip ident user`, or a virtual
+    // host and those three.
+    let mut words = [""; 4];
+    let mut count = 0;
+    let mut at = 0;
+    while at < open {
+        if bytes[at] == b' ' {
+            at += 1;
+            continue;
         }
+        let end = memchr::memchr(b' ', &bytes[at..open]).map_or(open, |n| at + n);
+        if count == words.len() {
+            return None;
+        }
+        words[count] = &line[at..end];
+        count += 1;
+        at = end;
+    }
+    let (vhost, ip, user) = match count {
+        3 => (None, words[0], words[2]),
+        4 => (Some(words[0]), words[1], words[3]),
+        _ => return None,
     };
     let rest = &line[open + 2..];
-    let close = rest.find("] \"")?;
+    // The first `] "` after it.
+    let rb = rest.as_bytes();
+    let mut from = 0;
+    let close = loop {
+        let at = from + memchr::memchr(b']', rb.get(from..)?)?;
+        if rb.get(at + 1..at + 3) == Some(b" \"") {
+            break at;
+        }
+        from = at + 1;
+    };
     let time = &rest[..close];
     let after_time = &rest[close + 3..];
     // The request ends at the first `" NNN ` (a status); the request itself may contain quotes.
@@ -135,21 +219,21 @@ pub fn parse_access(line: &str) -> Option<AccessLine<'_>> {
     let request = &after_time[..end];
     let status = &after_time[end + 2..end + 5];
     let tail = &after_time[(end + 5).min(after_time.len())..];
-    let mut quoted = QuotedIter { s: tail };
-    let referer = quoted.next().unwrap_or("-");
-    let user_agent = quoted.next().unwrap_or("-");
+    // `METHOD target …`: the method, then the target up to the next space.
     let (mut method, mut path, mut query) = ("", "", "");
-    let mut parts = request.split(' ');
-    if let (Some(m), Some(target)) = (parts.next(), parts.next()) {
+    if let Some(sp) = memchr::memchr(b' ', request.as_bytes()) {
+        let m = &request[..sp];
         if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) {
+            let rest = &request[sp + 1..];
+            let target = &rest[..memchr::memchr(b' ', rest.as_bytes()).unwrap_or(rest.len())];
             method = m;
-            match target.split_once('?') {
-                Some((p, q)) => (path, query) = (p, q),
+            match memchr::memchr(b'?', target.as_bytes()) {
+                Some(q) => (path, query) = (&target[..q], &target[q + 1..]),
                 None => path = target,
             }
         }
     }
-    Some(AccessLine {
+    let line = AccessLine {
         vhost,
         ip,
         user,
@@ -159,9 +243,19 @@ pub fn parse_access(line: &str) -> Option<AccessLine<'_>> {
         path,
         query,
         status,
-        referer,
-        user_agent,
-    })
+        referer: "-",
+        user_agent: "-",
+    };
+    Some((line, tail))
+}
+
+/// Parses the referer and user agent from the rest of an access-log line after its status (see
+/// [`parse_access_head`]); `-` for each one missing.
+pub fn parse_access_tail(tail: &str) -> (&str, &str) {
+    let mut quoted = QuotedIter { s: tail };
+    let referer = quoted.next().unwrap_or("-");
+    let user_agent = quoted.next().unwrap_or("-");
+    (referer, user_agent)
 }
 
 /// Iterates over `"…"` strings, honouring `\"` escapes (apache) inside them.
@@ -173,19 +267,18 @@ impl<'a> Iterator for QuotedIter<'a> {
     type Item = &'a str;
 
     fn next(&mut self) -> Option<&'a str> {
-        let start = self.s.find('"')? + 1;
         let b = self.s.as_bytes();
+        let start = memchr::memchr(b'"', b)? + 1;
         let mut i = start;
-        while i < b.len() {
-            match b[i] {
-                b'\\' => i += 2,
-                b'"' => {
-                    let out = &self.s[start..i];
-                    self.s = &self.s[i + 1..];
-                    return Some(out);
-                }
-                _ => i += 1,
+        while let Some(off) = memchr::memchr2(b'\\', b'"', &b[i.min(b.len())..]) {
+            i += off;
+            if b[i] == b'\\' {
+                i += 2;
+                continue;
             }
+            let out = &self.s[start..i];
+            self.s = &self.s[i + 1..];
+            return Some(out);
         }
         let out = &self.s[start..];
         self.s = "";
@@ -640,6 +733,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn net_sets_contain_what_ipnet_contains() {
+        let nets: Vec<ipnet::IpNet> = [
+            "127.0.0.0/8",
+            "10.1.2.3/32",
+            "0.0.0.0/0",
+            "fc00::/7",
+            "::1/128",
+            "2001:db8::/128",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        for take in 0..nets.len() {
+            let set = NetSet::new(&nets[..take]);
+            for ip in [
+                "127.1.2.3",
+                "128.0.0.1",
+                "10.1.2.3",
+                "10.1.2.4",
+                "fd00::1",
+                "fe00::1",
+                "::1",
+                "::2",
+                "2001:db8::",
+                "2001:db8::1",
+                "1.2.3.4",
+            ] {
+                let ip: IpAddr = ip.parse().unwrap();
+                let want = nets[..take].iter().any(|n| n.contains(&ip));
+                assert_eq!(set.contains(ip), want, "{ip} in {:?}", &nets[..take]);
+            }
+        }
+    }
+
+    #[test]
     fn normalizes_addresses() {
         assert_eq!(normalize_ip("::ffff:1.2.3.4").as_deref(), Some("1.2.3.4"));
         assert_eq!(
@@ -682,6 +810,21 @@ mod tests {
         let a = parse_access(bad).unwrap();
         assert_eq!((a.request, a.method, a.status), ("", "", "400"));
         assert!(parse_access("Jan  1 00:00:00 host sshd[1]: hello [x] \"y\" 200 ").is_none());
+        // Words separated by several spaces; too few or too many words; odd request lines.
+        let a = parse_access(r#" 1.2.3.4  -   - [t] "POST  /x?a?b HTTP/1.0" 200 1"#).unwrap();
+        assert_eq!((a.vhost, a.ip, a.user), (None, "1.2.3.4", "-"));
+        assert_eq!((a.method, a.path, a.query), ("POST", "", ""));
+        let a = parse_access(r#"h 1.2.3.4 - u [t] "GET /x?a?b" 200 1"#).unwrap();
+        assert_eq!(
+            (a.vhost, a.user, a.path, a.query),
+            (Some("h"), "u", "/x", "a?b")
+        );
+        let a = parse_access(r#"1.2.3.4 - - [t] "get /x HTTP/1.1" 200 1"#).unwrap();
+        assert_eq!((a.method, a.path), ("", ""));
+        let a = parse_access(r#"1.2.3.4 - - [t] "GET" 200 1"#).unwrap();
+        assert_eq!((a.method, a.path, a.request), ("", "", "GET"));
+        assert!(parse_access(r#"1.2.3.4 - [t] "GET / HTTP/1.1" 200 1"#).is_none());
+        assert!(parse_access(r#"a b c d e [t] "GET / HTTP/1.1" 200 1"#).is_none());
     }
 
     #[test]

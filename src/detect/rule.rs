@@ -533,6 +533,68 @@ pub fn compile(raw: &RawRule, tolerance: Duration) -> Result<Rule, String> {
     })
 }
 
+/// Returns the literal (in lower case, at least 3 bytes) that every match of `pattern` starts
+/// with, if it has one: the leading literal characters of the pattern, up to the first that is
+/// not a literal or an ASCII letter in either case. A line (lower-cased) that lacks it cannot
+/// match. Letters whose case folding reaches beyond ASCII (`k`, `s` under `(?i)`) end it.
+pub fn required_prefix(pattern: &str) -> Option<Vec<u8>> {
+    use regex_syntax::hir::{Class, Hir, HirKind};
+
+    /// Appends the literal start of `hir`; returns false where the literal part ends.
+    fn walk(hir: &Hir, out: &mut Vec<u8>) -> bool {
+        match hir.kind() {
+            HirKind::Concat(items) => items.iter().all(|h| walk(h, out)),
+            HirKind::Capture(c) => walk(&c.sub, out),
+            // Zero-width: the literal text around it is still contiguous.
+            HirKind::Look(_) => true,
+            HirKind::Literal(lit) => {
+                out.extend(lit.0.iter().map(u8::to_ascii_lowercase));
+                true
+            }
+            HirKind::Class(class) => {
+                let chars: Vec<(u32, u32)> = match class {
+                    Class::Unicode(c) => c
+                        .ranges()
+                        .iter()
+                        .map(|r| (u32::from(r.start()), u32::from(r.end())))
+                        .collect(),
+                    Class::Bytes(c) => c
+                        .ranges()
+                        .iter()
+                        .map(|r| (u32::from(r.start()), u32::from(r.end())))
+                        .collect(),
+                };
+                let byte = |c: u32| u8::try_from(c).ok().filter(u8::is_ascii);
+                match chars[..] {
+                    [(a, b)] if a == b => match byte(a) {
+                        Some(a) => {
+                            out.push(a.to_ascii_lowercase());
+                            true
+                        }
+                        None => false,
+                    },
+                    [(a, a2), (b, b2)] if a == a2 && b == b2 => match (byte(a), byte(b)) {
+                        (Some(a), Some(b))
+                            if a.is_ascii_alphabetic() && a.to_ascii_lowercase() == b =>
+                        {
+                            out.push(b);
+                            true
+                        }
+                        _ => false,
+                    },
+                    _ => false,
+                }
+            }
+            _ => false,
+        }
+    }
+
+    let hir = regex_syntax::Parser::new().parse(pattern).ok()?;
+    let mut out = Vec::new();
+    walk(&hir, &mut out);
+    (out.len() >= 3).then_some(out)
+}
+
 fn conditions_len_hint(c: &RawCondition) -> usize {
     [
         &c.is_in,
@@ -751,6 +813,40 @@ mod tests {
         assert!(compile(&r, Duration::ZERO)
             .unwrap_err()
             .contains("match.regex: invalid regex"));
+    }
+
+    #[test]
+    fn required_prefixes_are_what_every_match_starts_with() {
+        let p = |s: &str| required_prefix(s).map(|v| String::from_utf8(v).unwrap());
+        assert_eq!(
+            p(r"(?i)\bfailed (?:password|none) for"),
+            Some("failed ".into())
+        );
+        // `s` and `k` fold to non-ASCII characters under (?i): the literal ends before them.
+        assert_eq!(
+            p(r"(?i)\binvalid user (?P<u>\S+)"),
+            Some("invalid u".into())
+        );
+        assert_eq!(p(r"(?i)\bbanner exchange"), Some("banner exchange".into()));
+        assert_eq!(p(r"(?P<binary>[^\s]+)\[\d+\]: segfault at "), None);
+        assert_eq!(p(r"Kernel panic"), Some("kernel panic".into()));
+        assert_eq!(p(r"(?:abc|abd)"), None);
+        assert_eq!(p(r"ab"), None);
+        // "up", then `s`: too short to be worth a search.
+        assert_eq!(p(r#"(?i)upstream: ""#), None);
+        for (re, line) in [
+            (r"(?i)\bfailed password", "FAILED PASSWORD"),
+            (r"(?i)\binvalid user x", "INVALID USER x"),
+            (r"(?i)\bdid not receive", "Did Not RECEIVE"),
+        ] {
+            assert!(regex::Regex::new(re).unwrap().is_match(line));
+            let lower = line.to_ascii_lowercase();
+            let prefix = required_prefix(re).unwrap();
+            assert!(
+                memchr::memmem::find(lower.as_bytes(), &prefix).is_some(),
+                "{re}"
+            );
+        }
     }
 
     #[test]
