@@ -8,6 +8,8 @@
 //! and the latency percentiles of acknowledged pushes. Every line carries `run=<id> seq=<n>` so a
 //! verifier can check that each acknowledged line arrived exactly where it should.
 
+pub mod verify;
+
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -80,6 +82,21 @@ pub struct LoadgenArgs {
     /// For throughput benchmarks, so the generator's own encoding cost is not measured.
     #[arg(long, default_value_t = 0)]
     pub prebuilt: usize,
+    /// After the run, read every acknowledged line back from this Loki's query API (base URL,
+    /// e.g. http://127.0.0.1:3100) and fail when one is missing.
+    #[arg(long)]
+    pub verify_loki: Option<String>,
+    /// Receive logwarden's webhook alerts on this address during the run (point a `webhook`
+    /// notifier at it) and fail unless every planted attack produced exactly one incident.
+    #[arg(long)]
+    pub incident_webhook: Option<String>,
+    /// How long to wait after the last push before verifying (ingestion, detection, alerting).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub verify_wait: Duration,
+    /// Entries asked per `query_range` page (Loki's `max_entries_limit_per_query` defaults to
+    /// 5000).
+    #[arg(long, default_value_t = 5000)]
+    pub verify_page_size: usize,
 }
 
 /// What a run did.
@@ -115,12 +132,24 @@ pub struct Summary {
     pub latency_p99_ms: f64,
     /// Highest latency, milliseconds.
     pub latency_max_ms: f64,
+    /// The checks of `--verify-loki` / `--incident-webhook`, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<verify::Verification>,
 }
 
 impl Summary {
     /// Returns true when any line that should have been delivered was not.
     pub fn lost_lines(&self) -> bool {
         self.batches_dropped > 0 || self.batches_exhausted > 0
+    }
+
+    /// Returns true when the run lost a line or the verification found a problem.
+    pub fn failed(&self) -> bool {
+        self.lost_lines()
+            || self
+                .verify
+                .as_ref()
+                .is_some_and(verify::Verification::failed)
     }
 }
 
@@ -174,6 +203,12 @@ struct Batch {
     body: Vec<u8>,
     /// The log lines in the body (cheap clones of the encoded entries' buffers).
     texts: Vec<bytes::Bytes>,
+    /// The sequence numbers of the lines, and the attacker (index into [`ATTACKERS`]) of each
+    /// attack line.
+    seqs: Vec<u64>,
+    attackers: Vec<usize>,
+    /// The minute (of event time) the batch's lines are stamped in.
+    minute: i64,
     lines: u64,
     line_bytes: u64,
     attack_lines: u64,
@@ -191,6 +226,8 @@ fn build_batch(args: &LoadgenArgs, seq: &AtomicU64, batch_no: u64) -> Batch {
     let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
     let (mut line_bytes, mut lines, mut attack_lines) = (0u64, 0u64, 0u64);
     let mut texts = Vec::new();
+    let mut seqs = Vec::new();
+    let mut attackers = Vec::new();
     // A deterministic share: every k-th line is an attack line.
     let attack_every = if args.attack_share > 0.0 {
         (1.0 / args.attack_share).round().max(1.0) as u64
@@ -201,7 +238,9 @@ fn build_batch(args: &LoadgenArgs, seq: &AtomicU64, batch_no: u64) -> Batch {
         let n = seq.fetch_add(1, Ordering::Relaxed);
         let mut line = String::with_capacity(160);
         if attack_every > 0 && n.is_multiple_of(attack_every) {
-            let ip = ATTACKERS[(n / attack_every) as usize % ATTACKERS.len()];
+            let who = (n / attack_every) as usize % ATTACKERS.len();
+            attackers.push(who);
+            let ip = ATTACKERS[who];
             // The marker goes before the message: sshd's failure lines end with "ssh2", and the
             // rules that extract the address expect nothing after it.
             let _ = write!(
@@ -215,6 +254,7 @@ fn build_batch(args: &LoadgenArgs, seq: &AtomicU64, batch_no: u64) -> Batch {
             line.push_str(ORDINARY[n as usize % ORDINARY.len()]);
             let _ = write!(line, " run={} seq={n}", args.run_id);
         }
+        seqs.push(n);
         line_bytes += line.len() as u64;
         lines += 1;
         let s = (n as usize + batch_no as usize) % streams_n;
@@ -239,6 +279,9 @@ fn build_batch(args: &LoadgenArgs, seq: &AtomicU64, batch_no: u64) -> Batch {
     Batch {
         body,
         texts,
+        seqs,
+        attackers,
+        minute: now_ns.div_euclid(60_000_000_000),
         lines,
         line_bytes,
         attack_lines,
@@ -345,6 +388,16 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Summary> {
 /// # Errors
 /// When the HTTP client cannot be built.
 pub async fn run_with(args: LoadgenArgs, on_ack: Option<AckHook>) -> anyhow::Result<Summary> {
+    let verifying = args.verify_loki.is_some() || args.incident_webhook.is_some();
+    if verifying && args.prebuilt > 0 {
+        anyhow::bail!("--prebuilt resends the same lines: it cannot be combined with verification");
+    }
+    let listener = match &args.incident_webhook {
+        Some(addr) => Some(verify::listen(addr).await?),
+        None => None,
+    };
+    let ledger = Arc::new(std::sync::Mutex::new(verify::Ledger::default()));
+    let window_start_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
     let client = crate::http::client_builder()
         .timeout(args.timeout)
         .no_proxy()
@@ -375,6 +428,7 @@ pub async fn run_with(args: LoadgenArgs, on_ack: Option<AckHook>) -> anyhow::Res
         let (client, args, counters) = (client.clone(), Arc::clone(&args), Arc::clone(&counters));
         let prebuilt = Arc::clone(&prebuilt);
         let on_ack = on_ack.clone();
+        let ledger = verifying.then(|| Arc::clone(&ledger));
         tasks.spawn(async move {
             let mut latencies: Vec<Duration> = Vec::new();
             loop {
@@ -395,6 +449,21 @@ pub async fn run_with(args: LoadgenArgs, on_ack: Option<AckHook>) -> anyhow::Res
                 let tenant = (!args.tenants.is_empty())
                     .then(|| args.tenants[batch_no as usize % args.tenants.len()].as_str());
                 if let Some(latency) = send(&client, &args, tenant, batch, &counters).await {
+                    if let Some(ledger) = &ledger {
+                        let mut l = ledger.lock().unwrap_or_else(|e| e.into_inner());
+                        let tenant = tenant.unwrap_or_default().to_owned();
+                        l.acked
+                            .entry(tenant.clone())
+                            .or_default()
+                            .extend_from_slice(&batch.seqs);
+                        for &who in &batch.attackers {
+                            *l.attacks
+                                .entry((tenant.clone(), ATTACKERS[who].to_owned()))
+                                .or_default()
+                                .entry(batch.minute)
+                                .or_default() += 1;
+                        }
+                    }
                     if let Some(hook) = &on_ack {
                         hook(&Acked {
                             lines: &batch.texts,
@@ -438,6 +507,49 @@ pub async fn run_with(args: LoadgenArgs, on_ack: Option<AckHook>) -> anyhow::Res
         let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
         latencies[i].as_secs_f64() * 1000.0
     };
+    let verify = if verifying {
+        tokio::time::sleep(args.verify_wait).await;
+        let ledger = std::mem::take(&mut *ledger.lock().unwrap_or_else(|e| e.into_inner()));
+        let end_ns = chrono::Utc::now()
+            .timestamp_nanos_opt()
+            .unwrap_or(i64::MAX)
+            .saturating_add(60_000_000_000);
+        let window = (window_start_ns.saturating_sub(60_000_000_000), end_ns);
+        let incidents = listener.as_ref().map(|(_, incidents, _)| incidents);
+        let mut v = match &args.verify_loki {
+            Some(base) => {
+                let q = verify::Query {
+                    base,
+                    run_id: &args.run_id,
+                    window_ns: window,
+                    page_size: args.verify_page_size.max(1),
+                };
+                verify::verify(&client, &q, &ledger, incidents).await?
+            }
+            None => {
+                let empty = verify::Ledger {
+                    acked: Default::default(),
+                    attacks: ledger.attacks.clone(),
+                };
+                let q = verify::Query {
+                    base: "",
+                    run_id: &args.run_id,
+                    window_ns: window,
+                    page_size: 1,
+                };
+                verify::verify(&client, &q, &empty, incidents).await?
+            }
+        };
+        if args.verify_loki.is_none() {
+            v.lines_checked = 0;
+        }
+        if let Some((_, _, task)) = &listener {
+            task.abort();
+        }
+        Some(v)
+    } else {
+        None
+    };
     let c = &counters;
     let acked = c.acked.load(Ordering::Relaxed);
     let bytes = c.bytes.load(Ordering::Relaxed);
@@ -458,11 +570,37 @@ pub async fn run_with(args: LoadgenArgs, on_ack: Option<AckHook>) -> anyhow::Res
         latency_p50_ms: pct(0.50),
         latency_p99_ms: pct(0.99),
         latency_max_ms: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        verify,
     })
 }
 
 /// Formats a summary for people.
 pub fn format_summary(s: &Summary) -> String {
+    let mut out = format_counts(s);
+    if let Some(v) = &s.verify {
+        let _ = write!(
+            out,
+            "\nverify: {} acknowledged lines checked in Loki, {} missing{}, {} duplicated; \
+             {} planted attacks, {} detected once, missed {:?}, reported twice {:?}; {} incidents received",
+            v.lines_checked,
+            v.lines_missing,
+            if v.missing_examples.is_empty() {
+                String::new()
+            } else {
+                format!(" (seq {:?}…)", v.missing_examples)
+            },
+            v.lines_duplicated,
+            v.attacks_planted,
+            v.attacks_detected_once,
+            v.attacks_missed,
+            v.attacks_duplicated,
+            v.incidents_received
+        );
+    }
+    out
+}
+
+fn format_counts(s: &Summary) -> String {
     format!(
         "acked {} batches, {} lines ({} attack), {:.1} MB sent in {:.1}s: {:.1} req/s, {:.2} MB/s, {:.0} lines/s; \
          latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; retries {}, dropped {}, exhausted {}",

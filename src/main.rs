@@ -135,6 +135,10 @@ fn loadgen(args: logwarden::loadgen::LoadgenArgs) -> ExitCode {
         eprintln!("logwarden loadgen: lines were lost (dropped or retries exhausted)");
         return ExitCode::FAILURE;
     }
+    if summary.failed() {
+        eprintln!("logwarden loadgen: verification failed (a line missing in Loki, or a planted attack missed or reported twice)");
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
 }
 

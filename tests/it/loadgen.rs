@@ -207,3 +207,226 @@ async fn tenants_alternate_and_planted_attacks_are_detected() {
         .collect();
     assert_eq!(found, planted);
 }
+
+/// A fake Loki with the query side: stores the entries of every push it accepts (snappy
+/// protobuf), per tenant, and answers `query_range` (equality selectors, `[start, end)`,
+/// `limit`, `direction=forward`) in Loki's `streams` shape. With `lose_every = n` it answers
+/// every n-th push 204 without storing it: a Loki that loses acknowledged data.
+mod queryable {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::{Query, State};
+    use axum::http::HeaderMap;
+    use axum::routing::{get, post};
+
+    type Entry = (String, BTreeMap<String, String>, i64, String);
+
+    #[derive(Clone, Default)]
+    pub struct Shared {
+        entries: Arc<Mutex<Vec<Entry>>>,
+        pushes: Arc<Mutex<u64>>,
+        lose_every: u64,
+    }
+
+    pub async fn start(lose_every: u64) -> String {
+        let shared = Shared {
+            lose_every,
+            ..Shared::default()
+        };
+        let app = axum::Router::new()
+            .route("/loki/api/v1/push", post(push))
+            .route("/loki/api/v1/query_range", get(query_range))
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .with_state(shared);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}")
+    }
+
+    fn tenant(headers: &HeaderMap) -> String {
+        headers
+            .get("x-scope-orgid")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("fake")
+            .to_owned()
+    }
+
+    async fn push(
+        State(s): State<Shared>,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> axum::http::StatusCode {
+        let n = {
+            let mut p = s.pushes.lock().unwrap();
+            *p += 1;
+            *p
+        };
+        if s.lose_every > 0 && n % s.lose_every == 0 {
+            return axum::http::StatusCode::NO_CONTENT;
+        }
+        let meta = logwarden::decode::PushMeta {
+            content_type: Some("application/x-protobuf"),
+            content_encoding: None,
+            api: logwarden::decode::PushApi::V1,
+        };
+        let t = tenant(&headers);
+        let mut new = Vec::new();
+        logwarden::decode::with_decoded(&body, meta, Default::default(), |view| {
+            for stream in &view.streams {
+                let labels: BTreeMap<String, String> = stream
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                for e in &stream.entries {
+                    new.push((
+                        t.clone(),
+                        labels.clone(),
+                        e.timestamp_ns,
+                        String::from_utf8_lossy(&e.line).into_owned(),
+                    ));
+                }
+            }
+        })
+        .unwrap();
+        s.entries.lock().unwrap().extend(new);
+        axum::http::StatusCode::NO_CONTENT
+    }
+
+    async fn query_range(
+        State(s): State<Shared>,
+        headers: HeaderMap,
+        Query(q): Query<BTreeMap<String, String>>,
+    ) -> axum::Json<serde_json::Value> {
+        let selector = logwarden::decode::parse_labels(&q["query"]).unwrap();
+        let want: Vec<(String, String)> = selector
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let start: i64 = q["start"].parse().unwrap();
+        let end: i64 = q["end"].parse().unwrap();
+        let limit: usize = q["limit"].parse().unwrap();
+        assert_eq!(q["direction"], "forward");
+        let t = tenant(&headers);
+        let mut hits: Vec<Entry> = s
+            .entries
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(et, labels, ts, _)| {
+                *et == t
+                    && (start..end).contains(ts)
+                    && want.iter().all(|(k, v)| labels.get(k) == Some(v))
+            })
+            .cloned()
+            .collect();
+        hits.sort_by_key(|e| e.2);
+        hits.truncate(limit);
+        let mut streams: BTreeMap<String, (BTreeMap<String, String>, Vec<serde_json::Value>)> =
+            BTreeMap::new();
+        for (_, labels, ts, line) in hits {
+            let key = format!("{labels:?}");
+            streams
+                .entry(key)
+                .or_insert_with(|| (labels, Vec::new()))
+                .1
+                .push(serde_json::json!([ts.to_string(), line]));
+        }
+        let result: Vec<serde_json::Value> = streams
+            .into_values()
+            .map(|(labels, values)| serde_json::json!({"stream": labels, "values": values}))
+            .collect();
+        axum::Json(serde_json::json!({
+            "status": "success",
+            "data": {"resultType": "streams", "result": result}
+        }))
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Loadgen → serve (built-in pack, webhook to loadgen) → a Loki that keeps what it accepts:
+/// every acknowledged line is read back (in pages), every planted attack is one incident.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_reads_every_line_back_and_finds_each_planted_attack_once() {
+    let loki = queryable::start(0).await;
+    let hook = format!("127.0.0.1:{}", free_port());
+    let yaml = format!(
+        "reports:\n  loki: false\nnotify:\n  - type: webhook\n    url: http://{hook}/alerts\n    min_severity: info\n"
+    );
+    let svc = crate::support::Service::start(&yaml, &loki, &[]).await;
+    let push = svc.url("/loki/api/v1/push");
+    let s = run(args(
+        &push,
+        &[
+            // ~22 attack lines per (tenant, address): at least 6 in one minute even when the
+            // run crosses a minute boundary.
+            "--batches",
+            "48",
+            "--batch-bytes",
+            "8192",
+            "--tenants",
+            "a,b",
+            "--attack-share",
+            "0.05",
+            "--verify-loki",
+            &loki,
+            "--incident-webhook",
+            &hook,
+            "--verify-wait",
+            "2s",
+            "--verify-page-size",
+            "300",
+        ],
+    ))
+    .await
+    .unwrap();
+    let v = s.verify.clone().expect("verification ran");
+    assert_eq!(v.lines_checked, s.lines_acked, "{v:?}");
+    assert!(
+        s.lines_acked > 1000,
+        "several pages per tenant: {}",
+        s.lines_acked
+    );
+    assert_eq!(v.lines_missing, 0, "{v:?}");
+    // 4 planted addresses in each of 2 tenants.
+    assert_eq!(v.attacks_planted, 8, "{v:?}");
+    assert_eq!(v.attacks_detected_once, 8, "{v:?}");
+    assert!(!s.failed(), "{v:?}");
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn verification_fails_when_loki_loses_acknowledged_lines() {
+    // Every 5th push is acknowledged and thrown away.
+    let loki = queryable::start(5).await;
+    let s = run(args(
+        &format!("{loki}/loki/api/v1/push"),
+        &[
+            "--batches",
+            "10",
+            "--batch-bytes",
+            "4096",
+            "--verify-loki",
+            &loki,
+            "--verify-wait",
+            "10ms",
+        ],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(s.batches_acked, 10);
+    let v = s.verify.clone().unwrap();
+    assert_eq!(v.lines_checked, s.lines_acked);
+    // Two of ten batches were lost: a fifth of the lines.
+    assert_eq!(v.lines_missing * 5, s.lines_acked, "{v:?}");
+    assert!(s.failed());
+}
