@@ -380,7 +380,8 @@ impl Config {
                 format!("{} is out of range (expected 0 to 19)", raw.inspect.nice),
             ));
         }
-        raw.detect.validate().map_err(detect_error)?;
+        let rule_ids = raw.detect.rule_ids().map_err(detect_error)?;
+        crate::notify::check_rule_filters(&raw.notify, &rule_ids)?;
         raw.state.validate()?;
         raw.analyze.validate()?;
         crate::notify::validate(&raw.notify, &raw.reports)?;
@@ -508,6 +509,20 @@ mod tests {
 
     fn load(yaml: &str) -> Result<Config, ConfigError> {
         Config::from_raw(parse_yaml(yaml)?, &Overrides::default())
+    }
+
+    #[test]
+    fn a_notifier_filtering_on_an_unknown_rule_id_is_rejected() {
+        let webhook = "notify:\n  - type: webhook\n    url: http://127.0.0.1:9/\n    rules: ";
+        assert!(load(&format!("{webhook}[ssh-brute-force, web-path-probing]\n")).is_ok());
+        let e = load(&format!("{webhook}[ssh-brute-force, ssh_brute_force]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("notify[0].rules[1]: no loaded rule has the id \"ssh_brute_force\""),
+            "{e}"
+        );
+        assert!(e.contains("ssh-brute-force"), "suggests the real id: {e}");
     }
 
     #[test]

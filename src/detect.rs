@@ -151,6 +151,14 @@ impl DetectConfig {
     pub fn validate(&self) -> Result<(), DetectError> {
         compile_rules(self).map(|_| ())
     }
+
+    /// Compiles the rules and returns their ids, in order.
+    ///
+    /// # Errors
+    /// As [`DetectConfig::validate`].
+    pub fn rule_ids(&self) -> Result<Vec<String>, DetectError> {
+        compile_rules(self).map(|rules| rules.into_iter().map(|r| r.id).collect())
+    }
 }
 
 /// Why the detect configuration or a rule file was rejected.

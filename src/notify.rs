@@ -39,7 +39,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 pub use self::config::{
-    validate, ChannelType, ChatId, NotifierConfig, ReportsConfig, RetryConfig, SmtpTls,
+    check_rule_filters, validate, ChannelType, ChatId, NotifierConfig, ReportsConfig, RetryConfig,
+    SmtpTls,
 };
 use self::config::{Channel, ChannelKind};
 use crate::config::ConfigError;

@@ -307,6 +307,49 @@ pub fn validate(notifiers: &[NotifierConfig], reports: &ReportsConfig) -> Result
     compile_all(notifiers, reports, &no_env, false).map(|_| ())
 }
 
+/// Checks that every rule id in a notifier's `rules:` filter names a loaded rule: a typo there
+/// would silently filter out every alert of the channel.
+///
+/// # Errors
+/// `notify[n].rules[i]` for the first unknown id, with the loaded ids it most resembles.
+pub fn check_rule_filters(
+    notifiers: &[NotifierConfig],
+    known: &[String],
+) -> Result<(), ConfigError> {
+    for (n, raw) in notifiers.iter().enumerate() {
+        for (i, rule) in raw.rules.iter().enumerate() {
+            if rule.is_empty() || known.iter().any(|k| k == rule) {
+                continue;
+            }
+            // Suggest ids that share the first word (ssh_brute_force → ssh-brute-force).
+            let word = |s: &str| {
+                s.split(['-', '_'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_ascii_lowercase()
+            };
+            let like: Vec<&str> = known
+                .iter()
+                .filter(|k| word(k) == word(rule))
+                .map(String::as_str)
+                .take(6)
+                .collect();
+            let hint = if like.is_empty() {
+                String::new()
+            } else {
+                format!(" (loaded rules like it: {})", like.join(", "))
+            };
+            return Err(ConfigError::new(
+                format!("notify[{n}].rules[{i}]"),
+                format!(
+                    "no loaded rule has the id \"{rule}\"{hint}; this channel would never send it"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Compiles the list: validation plus secrets (read now, once).
 pub(crate) fn compile_all(
     notifiers: &[NotifierConfig],
