@@ -187,41 +187,15 @@ impl KeyState {
                 }
             }
             None if fires && !suppressed => {
-                let lower = t_ms.saturating_sub(rule.spec.window_ms);
-                let in_window: Vec<&KeptLine> = self
-                    .samples
-                    .iter()
-                    .filter(|s| s.ts_ns.div_euclid(1_000_000) > lower)
-                    .collect();
-                let count = match recorded {
+                // A count window reports how many of its events are in the window; a distinct
+                // window counts the matching lines kept in it.
+                let in_window = match recorded {
                     Recorded::Counted { in_window: n, .. } if rule.distinct.is_none() => {
-                        u64::from(n)
+                        Some(u64::from(n))
                     }
-                    _ => in_window.len() as u64,
+                    _ => None,
                 };
-                let first_seen_ms = in_window
-                    .first()
-                    .map_or(t_ms, |s| s.ts_ns.div_euclid(1_000_000))
-                    .min(t_ms);
-                let mut open = OpenIncident {
-                    fired_ms: t_ms,
-                    window_end_ms: t_ms,
-                    cooldown_until_ms: t_ms.saturating_add(rule.cooldown_ms),
-                    first_seen_ms,
-                    last_seen_ms: t_ms,
-                    count,
-                    since_emit: count,
-                    emitted: 0,
-                    emit_pending: true,
-                    distinct_hashes: Vec::new(),
-                    distinct_values: Vec::new(),
-                };
-                for s in &in_window {
-                    if let Some(v) = &s.value {
-                        open.note_value(hash_str(v), v);
-                    }
-                }
-                self.open = Some(open);
+                self.open_incident(rule, t_ms, |kept| in_window.unwrap_or(kept));
                 Outcome::EmitDue
             }
             None => Outcome::Counted,
@@ -274,38 +248,45 @@ impl KeyState {
             }
             None if suppressed => Outcome::Counted,
             None => {
-                let lower = newest_ms.saturating_sub(rule.spec.window_ms);
-                let in_window: Vec<&KeptLine> = self
-                    .samples
-                    .iter()
-                    .filter(|s| s.ts_ns.div_euclid(1_000_000) > lower)
-                    .collect();
-                let count = total.max(in_window.len() as u64);
-                let mut open = OpenIncident {
-                    fired_ms: newest_ms,
-                    window_end_ms: newest_ms,
-                    cooldown_until_ms: newest_ms.saturating_add(rule.cooldown_ms),
-                    first_seen_ms: in_window
-                        .first()
-                        .map_or(newest_ms, |s| s.ts_ns.div_euclid(1_000_000))
-                        .min(newest_ms),
-                    last_seen_ms: newest_ms,
-                    count,
-                    since_emit: count,
-                    emitted: 0,
-                    emit_pending: true,
-                    distinct_hashes: Vec::new(),
-                    distinct_values: Vec::new(),
-                };
-                for s in &in_window {
-                    if let Some(v) = &s.value {
-                        open.note_value(hash_str(v), v);
-                    }
-                }
-                self.open = Some(open);
+                self.open_incident(rule, newest_ms, |kept| total.max(kept));
                 Outcome::EmitDue
             }
         }
+    }
+
+    /// Opens an incident that fired at `t_ms`; `count` gets the number of sample lines kept in
+    /// its window and returns the incident's count. Its first values and first-seen time come
+    /// from those lines.
+    fn open_incident(&mut self, rule: &Rule, t_ms: i64, count: impl FnOnce(u64) -> u64) {
+        let lower = t_ms.saturating_sub(rule.spec.window_ms);
+        let in_window: Vec<&KeptLine> = self
+            .samples
+            .iter()
+            .filter(|s| s.ts_ns.div_euclid(1_000_000) > lower)
+            .collect();
+        let count = count(in_window.len() as u64);
+        let mut open = OpenIncident {
+            fired_ms: t_ms,
+            window_end_ms: t_ms,
+            cooldown_until_ms: t_ms.saturating_add(rule.cooldown_ms),
+            first_seen_ms: in_window
+                .first()
+                .map_or(t_ms, |s| s.ts_ns.div_euclid(1_000_000))
+                .min(t_ms),
+            last_seen_ms: t_ms,
+            count,
+            since_emit: count,
+            emitted: 0,
+            emit_pending: true,
+            distinct_hashes: Vec::new(),
+            distinct_values: Vec::new(),
+        };
+        for s in &in_window {
+            if let Some(v) = &s.value {
+                open.note_value(hash_str(v), v);
+            }
+        }
+        self.open = Some(open);
     }
 }
 
