@@ -1114,16 +1114,9 @@ impl Batch<'_> {
                 .is_some_and(|state| state.open.is_some())
         });
         let map = &compiled.states[ri];
-        let (outcome, quiet) = if let Some(mut state) = map.get_mut(self.key_buf.as_str()) {
-            let outcome = state.record(
-                rule,
-                t_ms,
-                value_hash,
-                kept,
-                compiled.samples_per_key,
-                suppressed,
-            );
-            (outcome, state.in_cooldown(t_ms))
+        let existing = map.get_mut(self.key_buf.as_str());
+        let mut state = if let Some(state) = existing {
+            state
         } else {
             if self.detector.total_keys.load(Ordering::Relaxed) >= compiled.max_keys {
                 self.detector.watermark_ms.fetch_max(
@@ -1133,23 +1126,25 @@ impl Batch<'_> {
                 self.detector.maintain(compiled, true);
             }
             let mut created = false;
-            let mut state = map.entry(self.key_buf.as_str().into()).or_insert_with(|| {
+            let state = map.entry(self.key_buf.as_str().into()).or_insert_with(|| {
                 created = true;
                 KeyState::new(rule)
             });
             if created {
                 self.detector.total_keys.fetch_add(1, Ordering::Relaxed);
             }
-            let outcome = state.record(
-                rule,
-                t_ms,
-                value_hash,
-                kept,
-                compiled.samples_per_key,
-                suppressed,
-            );
-            (outcome, state.in_cooldown(t_ms))
+            state
         };
+        let outcome = state.record(
+            rule,
+            t_ms,
+            value_hash,
+            kept,
+            compiled.samples_per_key,
+            suppressed,
+        );
+        let quiet = state.in_cooldown(t_ms);
+        drop(state);
         if outcome == Outcome::EmitDue {
             self.fired.push((ri as u32, self.key_buf.as_str().into()));
         }

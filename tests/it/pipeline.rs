@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use logwarden::decode::{with_decoded, PushApi, PushMeta};
 
-use crate::support::{auth_push, client, FakeLoki, Reply, Service};
+use crate::support::{auth_push, FakeLoki, Reply, Service};
 
 use crate::notify_support;
 
@@ -29,16 +29,7 @@ fn brute_force_pushes(start_s: i64) -> Vec<Vec<u8>> {
 }
 
 async fn push(svc: &Service, body: &[u8]) -> u16 {
-    client()
-        .post(svc.url("/loki/api/v1/push"))
-        .header("content-type", "application/x-protobuf")
-        .header("x-scope-orgid", "acme")
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    crate::support::push_as_acme(&svc.url("/loki/api/v1/push"), body).await
 }
 
 fn webhook_only(hook: &FakeHttp) -> String {

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{auth_push, client, require_tool, FakeLoki, Service};
+use crate::support::{auth_push, require_tool, FakeLoki, Service};
 
 #[path = "../common/redis.rs"]
 mod redis_support;
@@ -53,18 +53,7 @@ fn redis_state(url: &str, prefix: &str, timeout: &str) -> String {
     )
 }
 
-async fn push_to(url: &str, body: &[u8]) -> u16 {
-    client()
-        .post(url)
-        .header("content-type", "application/x-protobuf")
-        .header("x-scope-orgid", "acme")
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
+use crate::support::push_as_acme as push_to;
 
 /// The value of the sample whose line starts with `series` (name and labels), 0 if absent.
 fn metric(svc: &Service, series: &str) -> f64 {

@@ -888,3 +888,17 @@ pub fn closed_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Posts a snappy protobuf push body to `url` as tenant `acme`; returns the status.
+pub async fn push_as_acme(url: &str, body: &[u8]) -> u16 {
+    client()
+        .post(url)
+        .header("content-type", "application/x-protobuf")
+        .header("x-scope-orgid", "acme")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
