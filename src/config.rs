@@ -89,6 +89,9 @@ pub struct ServerConfig {
     /// Serve HTTPS with this certificate and key (default: plain HTTP). The TLS handshake
     /// counts against `header_read_timeout`.
     pub tls: Option<crate::tls::ServerTlsConfig>,
+    /// Serving threads, each a single-threaded runtime serving whole connections with its own
+    /// upstream connection pool; 0 means one per CPU. Default 0.
+    pub threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -99,6 +102,7 @@ impl Default for ServerConfig {
             body_read_timeout: Duration::from_secs(60),
             max_header_bytes: ByteSize(64 << 10),
             tls: None,
+            threads: 0,
         }
     }
 }

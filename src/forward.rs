@@ -178,7 +178,9 @@ pub fn client_will_retry(status: StatusCode) -> bool {
 /// Sends requests to Loki over pooled connections.
 #[derive(Clone)]
 pub struct Forwarder {
-    client: reqwest::Client,
+    /// One pool per serving thread ([`crate::threads`]), so a pooled connection is driven by
+    /// the thread that uses it, plus one for requests from anywhere else.
+    clients: std::sync::Arc<[reqwest::Client]>,
     base: reqwest::Url,
     timeout: Duration,
     metrics: ProxyMetrics,
@@ -191,25 +193,35 @@ impl Forwarder {
     /// When the HTTP client cannot be built (TLS or resolver initialisation).
     pub fn try_new(config: &Config, metrics: ProxyMetrics) -> anyhow::Result<Self> {
         let up = &config.upstream;
-        let mut builder = crate::http::client_builder()
-            .connect_timeout(up.connect_timeout)
-            // Inactivity bound while streaming a body; the answer itself is bounded below.
-            .read_timeout(up.timeout)
-            .pool_max_idle_per_host(up.pool_max_idle_per_host)
-            .pool_idle_timeout(up.pool_idle_timeout)
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy();
-        if up.http2 {
-            builder = builder.http2_prior_knowledge();
-        }
-        builder = config.upstream_tls.apply(builder);
+        let build = || {
+            let mut builder = crate::http::client_builder()
+                .connect_timeout(up.connect_timeout)
+                // Inactivity bound while streaming a body; the answer itself is bounded below.
+                .read_timeout(up.timeout)
+                .pool_max_idle_per_host(up.pool_max_idle_per_host)
+                .pool_idle_timeout(up.pool_idle_timeout)
+                .tcp_nodelay(true)
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy();
+            if up.http2 {
+                builder = builder.http2_prior_knowledge();
+            }
+            config.upstream_tls.apply(builder).build()
+        };
+        let pools = crate::threads::resolve(config.raw.server.threads) + 1;
+        let clients = (0..pools).map(|_| build()).collect::<Result<Vec<_>, _>>()?;
         Ok(Forwarder {
-            client: builder.build()?,
+            clients: clients.into(),
             base: config.upstream_url.clone(),
             timeout: up.timeout,
             metrics,
         })
+    }
+
+    /// Returns the pool of the serving thread this runs on (the shared one elsewhere).
+    fn client(&self) -> &reqwest::Client {
+        let shared = self.clients.len() - 1;
+        &self.clients[crate::threads::current().map_or(shared, |i| i.min(shared))]
     }
 
     /// Builds the upstream URL for a client path and query, keeping any base path prefix.
@@ -243,7 +255,7 @@ impl Forwarder {
             }
         }
         let request = self
-            .client
+            .client()
             .request(method, self.url_for(path_and_query))
             .headers(out_headers)
             .body(body);

@@ -35,6 +35,7 @@ pub mod server;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
+pub mod threads;
 pub mod tls;
 
 use std::future::Future;
@@ -351,22 +352,17 @@ pub async fn serve(
     timings: ShutdownTimings,
 ) -> anyhow::Result<()> {
     let router = server::app(app.clone());
+    let threads =
+        threads::ServingThreads::start(threads::resolve(app.inner.config.raw.server.threads))
+            .map_err(|e| anyhow::anyhow!("cannot start the serving threads: {e}"))?;
     let signal_app = app.clone();
     let signal = async move {
         shutdown.await;
         signal_app.inner.ready.store(false, Ordering::Relaxed);
         tracing::info!("shutdown requested, finishing in-flight requests");
     };
-    server::serve_connections(
-        listener,
-        router,
-        &app.inner.config.raw.server,
-        app.inner.config.server_tls.as_ref(),
-        app.inner.metrics.connections.clone(),
-        signal,
-        timings.grace,
-    )
-    .await?;
+    server::serve_connections(listener, router, &app, &threads, signal, timings.grace).await?;
+    threads.shutdown().await;
     if !app.inner.inspector.shutdown(timings.drain).await {
         tracing::warn!("inspection queue not fully drained at shutdown");
     }

@@ -162,18 +162,27 @@ fn upgrade_response(
     response
 }
 
+/// Keeps `logwarden_connections_open` true however a connection's task ends.
+struct OpenConnection(prometheus::IntGauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Accepts connections until `shutdown` resolves, then lets in-flight requests finish for at
-/// most `grace`. Applies the `server:` limits: a connection cap (new connections wait in the
-/// kernel backlog), a header read timeout and a request-head size cap.
+/// most `grace`. Each accepted connection is served wholly on one of `threads`. Applies `app`'s
+/// `server:` limits: a connection cap (new connections wait in the kernel backlog), a header
+/// read timeout and a request-head size cap, and TLS when configured.
 ///
 /// # Errors
 /// Never for a failed accept (logged and retried); only if the listener itself is unusable.
 pub async fn serve_connections(
     listener: tokio::net::TcpListener,
     router: Router,
-    settings: &crate::config::ServerConfig,
-    tls: Option<&crate::tls::ServerTls>,
-    connections: prometheus::IntGauge,
+    app: &App,
+    threads: &crate::threads::ServingThreads,
     shutdown: impl std::future::Future<Output = ()>,
     grace: std::time::Duration,
 ) -> anyhow::Result<()> {
@@ -183,6 +192,9 @@ pub async fn serve_connections(
     use hyper_util::service::TowerToHyperService;
     use std::sync::Arc;
 
+    let settings = &app.config().raw.server;
+    let tls = app.config().server_tls.as_ref();
+    let connections = app.metrics().connections.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -215,18 +227,38 @@ pub async fn serve_connections(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        // The socket leaves this runtime's reactor here and joins the serving thread's there,
+        // so its readiness wakes the thread that serves it, not this one.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "accepted connection unusable");
+                continue;
+            }
+        };
         let gauge = connections.clone();
         gauge.inc();
+        let builder = builder.clone();
+        let service = service.clone();
+        let watcher = graceful.watcher();
         #[cfg(feature = "tls")]
-        if let Some(tls) = tls {
-            // The handshake runs in the connection's task (never in the accept loop) and
-            // counts against the header read timeout, like a client slow to send its head.
-            let acceptor = tls.acceptor();
-            let builder = builder.clone();
-            let service = service.clone();
-            let watcher = graceful.watcher();
-            let handshake_timeout = settings.header_read_timeout;
-            tokio::spawn(async move {
+        let tls = tls.map(|t| (t.acceptor(), settings.header_read_timeout));
+        #[cfg(not(feature = "tls"))]
+        let _ = tls;
+        threads.spawn(async move {
+            let _permit = permit;
+            let _open = OpenConnection(gauge);
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "accepted connection unusable");
+                    return;
+                }
+            };
+            #[cfg(feature = "tls")]
+            if let Some((acceptor, handshake_timeout)) = tls {
+                // The handshake runs in the connection's task (never in the accept loop) and
+                // counts against the header read timeout, like a client slow to send its head.
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
                         let conn =
@@ -238,21 +270,12 @@ pub async fn serve_connections(
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
-                gauge.dec();
-                drop(permit);
-            });
-            continue;
-        }
-        #[cfg(not(feature = "tls"))]
-        let _ = tls;
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service.clone());
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
+                return;
+            }
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            gauge.dec();
-            drop(permit);
         });
     }
     drop(listener);
