@@ -224,10 +224,22 @@ impl Forwarder {
         &self.clients[crate::threads::current().map_or(shared, |i| i.min(shared))]
     }
 
-    /// Builds the upstream URL for a client path and query, keeping any base path prefix.
-    fn url_for(&self, path_and_query: &str) -> String {
-        let base = self.base.as_str().trim_end_matches('/');
-        format!("{base}{path_and_query}")
+    /// Builds the upstream URL for a client path and query, keeping any base path prefix. The
+    /// base is parsed once at start-up; per request only the path and query are set.
+    fn url_for(&self, path_and_query: &str) -> reqwest::Url {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        let mut url = self.base.clone();
+        let prefix = self.base.path().trim_end_matches('/');
+        if prefix.is_empty() {
+            url.set_path(path);
+        } else {
+            url.set_path(&format!("{prefix}{path}"));
+        }
+        url.set_query(query);
+        url
     }
 
     /// Sends one request and waits for Loki's response headers, at most `upstream.timeout`.
@@ -334,6 +346,34 @@ mod tests {
         for kept in ["content-type", "x-scope-orgid", "authorization"] {
             assert_eq!(out.get(kept), h.get(kept));
         }
+    }
+
+    #[test]
+    fn upstream_url_keeps_the_base_prefix_and_the_query_as_sent() {
+        let forwarder = |base: &str| {
+            let mut config = crate::config::Config::default_config();
+            config.upstream_url = reqwest::Url::parse(base).unwrap();
+            Forwarder::try_new(
+                &config,
+                ProxyMetrics::register(&prometheus::Registry::new(), 1),
+            )
+            .unwrap()
+        };
+        let plain = forwarder("http://127.0.0.1:3100");
+        assert_eq!(
+            plain.url_for("/loki/api/v1/push").as_str(),
+            "http://127.0.0.1:3100/loki/api/v1/push"
+        );
+        let q = "/loki/api/v1/query_range?query=%7Bjob%3D%22a%22%7D%20%7C%3D%20%22x%22&limit=5";
+        assert_eq!(
+            plain.url_for(q).as_str(),
+            format!("http://127.0.0.1:3100{q}")
+        );
+        let prefixed = forwarder("https://user:pw@loki.example:8443/tenant-a/");
+        assert_eq!(
+            prefixed.url_for("/loki/api/v1/push?x=1").as_str(),
+            "https://user:pw@loki.example:8443/tenant-a/loki/api/v1/push?x=1"
+        );
     }
 
     #[test]

@@ -53,12 +53,61 @@ enum Job {
     Stop,
 }
 
+/// Shortest time between two WARN lines about shed inspections.
+const SHED_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Rate-limits the WARN about shed inspections: the first drop is logged at once, then at most
+/// one line per interval, carrying how many were shed since the last line. Under sustained
+/// overload the queue frees a slot per finished inspection, so a log line per burst of drops
+/// would be a line per push; the exact count is always in `logwarden_inspect_queue_dropped_total`.
+struct ShedLog {
+    started: std::time::Instant,
+    interval_ms: u64,
+    /// Milliseconds since `started` of the last line; `u64::MAX` before the first.
+    last_ms: AtomicU64,
+    /// Drops not yet reported in a line.
+    pending: AtomicU64,
+}
+
+impl ShedLog {
+    fn new(interval: Duration) -> ShedLog {
+        ShedLog {
+            started: std::time::Instant::now(),
+            interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            last_ms: AtomicU64::new(u64::MAX),
+            pending: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one drop; returns the number to report when a line is due now.
+    fn record(&self) -> Option<u64> {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.record_at(now)
+    }
+
+    fn record_at(&self, now_ms: u64) -> Option<u64> {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == u64::MAX || now_ms >= last.saturating_add(self.interval_ms);
+        // One caller wins the line; the others' drops are reported in it or the next one.
+        if due
+            && self
+                .last_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.pending.swap(0, Ordering::Relaxed));
+        }
+        None
+    }
+}
+
 /// The bounded queue plus its worker threads.
 pub struct Inspector {
     tx: Sender<Job>,
     workers: std::sync::Mutex<Vec<JoinHandle<()>>>,
     metrics: ProxyMetrics,
-    dropped_since_log: AtomicU64,
+    shed_log: ShedLog,
     /// Body bytes waiting in the queue, bounded by `max_queued_bytes`.
     queued_bytes: Arc<AtomicUsize>,
     max_queued_bytes: usize,
@@ -97,7 +146,7 @@ impl Inspector {
             tx,
             workers: std::sync::Mutex::new(handles),
             metrics,
-            dropped_since_log: AtomicU64::new(0),
+            shed_log: ShedLog::new(SHED_LOG_INTERVAL),
             queued_bytes,
             max_queued_bytes,
         })
@@ -124,17 +173,15 @@ impl Inspector {
             Err(_) => {
                 self.queued_bytes.fetch_sub(n, Ordering::Relaxed);
                 self.metrics.inspect_dropped.inc();
-                // One WARN per burst of drops, not one per push.
-                if self.dropped_since_log.fetch_add(1, Ordering::Relaxed) == 0 {
+                if let Some(shed) = self.shed_log.record() {
                     tracing::warn!(
+                        shed,
                         capacity = self.tx.capacity(),
-                        "inspection queue full, shedding inspection (push was forwarded)"
+                        "inspection queue full, shedding inspection (pushes were forwarded)"
                     );
                 }
-                return;
             }
         }
-        self.dropped_since_log.store(0, Ordering::Relaxed);
     }
 
     /// Returns the number of pushes waiting.
@@ -233,5 +280,30 @@ pub fn inspect_one(
     if let Err(e) = result {
         metrics.decode_errors.with_label_values(&[e.reason()]).inc();
         tracing::debug!(tenant = %job.tenant, reason = e.reason(), error = %e, "push not decoded");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shed_warnings_are_one_per_interval_and_carry_the_count() {
+        let log = ShedLog::new(Duration::from_secs(10));
+        assert_eq!(
+            log.record_at(5),
+            Some(1),
+            "the first drop is reported at once"
+        );
+        for t in [6, 100, 9_000] {
+            assert_eq!(log.record_at(t), None);
+        }
+        assert_eq!(
+            log.record_at(10_005),
+            Some(4),
+            "three silent drops and this one"
+        );
+        assert_eq!(log.record_at(10_006), None);
+        assert_eq!(log.record_at(25_000), Some(2));
     }
 }
