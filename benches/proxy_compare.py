@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Forwarding cost of logwarden against the anchors, measured in one run on this machine.
 
-    python3 benches/proxy_compare.py [--duration 10] [--out FILE.md] [--config logwarden.yml]
+    python3 benches/proxy_compare.py [--duration 10] [--rounds 3] [--out FILE.md] [--config logwarden.yml]
 
 Targets, all on 127.0.0.1:
   sink       loadgen -> a sink (nginx answering 204 to everything)
@@ -10,7 +10,10 @@ Targets, all on 127.0.0.1:
 
 For each target, 64 KiB and 1 MiB pushes (line bytes, snappy protobuf) at concurrency 1 and 8:
 requests/s, MB/s (line bytes), p50/p99 latency, CPU seconds of the proxy per GB of log lines,
-and the proxy's peak RSS. Needs nginx (Debian package) and a release build
+and the proxy's peak RSS. Each cell runs every target `--rounds` times, interleaved in a rotating
+order, and reports the median round (req/s, latencies) and the CPU over all rounds: on a shared
+machine a burst of other work then lands on one round of one target, not on a whole column.
+Needs nginx (Debian package) and a release build
 (`cargo build --release`). Prints a Markdown table (and writes it to --out).
 """
 import argparse
@@ -87,6 +90,20 @@ def cpu_seconds(pids):
     return total / TICK
 
 
+def inspection_cpu_seconds(pid):
+    """CPU seconds of logwarden's inspection threads (named inspect-N); the rest is forwarding."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            if not open(f"/proc/{pid}/task/{task}/comm").read().startswith("inspect-"):
+                continue
+            fields = open(f"/proc/{pid}/task/{task}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / TICK
+
+
 def peak_rss_mib(pids):
     total = 0
     for pid in pids:
@@ -117,7 +134,8 @@ def loadgen(url, batch, conc, duration):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per round")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell (median)")
     ap.add_argument("--out")
     ap.add_argument("--config", help="logwarden config file (default: embedded defaults)")
     args = ap.parse_args()
@@ -159,33 +177,65 @@ def main():
         rows = []
         for batch in (64 << 10, 1 << 20):
             for conc in (1, 8):
-                for name, url, pids in targets:
-                    cpu0 = cpu_seconds(pids)
-                    seen0 = inspected_lines(lw_port) if name == "logwarden" else 0
-                    s = loadgen(url, batch, conc, args.duration)
-                    if name == "logwarden":
-                        time.sleep(1)  # let queued inspections finish
-                    cpu = cpu_seconds(pids) - cpu0
-                    inspected = (inspected_lines(lw_port) - seen0) / max(s["lines_acked"], 1) if name == "logwarden" else None
-                    gb = s["line_bytes_acked"] / 1e9
+                runs = {name: [] for name, _, _ in targets}
+                cpu = {name: 0.0 for name, _, _ in targets}
+                cpu_inspect = 0.0
+                requests = {name: 0 for name, _, _ in targets}
+                gb = {name: 0.0 for name, _, _ in targets}
+                counted = {name: [0, 0] for name, _, _ in targets}  # lines inspected, acked
+                for r in range(args.rounds):
+                    for name, url, pids in targets[r % len(targets):] + targets[:r % len(targets)]:
+                        cpu0 = cpu_seconds(pids)
+                        seen0 = inspected_lines(lw_port) if name == "logwarden" else 0
+                        insp0 = inspection_cpu_seconds(lw.pid) if name == "logwarden" else 0
+                        s = loadgen(url, batch, conc, args.duration)
+                        if name == "logwarden":
+                            time.sleep(1)  # let queued inspections finish
+                            counted[name][0] += inspected_lines(lw_port) - seen0
+                            cpu_inspect += inspection_cpu_seconds(lw.pid) - insp0
+                        cpu[name] += cpu_seconds(pids) - cpu0
+                        gb[name] += s["line_bytes_acked"] / 1e9
+                        counted[name][1] += s["lines_acked"]
+                        requests[name] += s["batches_acked"]
+                        runs[name].append(s)
+                        print(json.dumps({"target": name, "batch": batch, "conc": conc, "round": r,
+                                          "rps": s["requests_per_second"], "p99": s["latency_p99_ms"]}),
+                              file=sys.stderr)
+                for name, _, pids in targets:
+                    ordered = sorted(runs[name], key=lambda s: s["requests_per_second"])
+                    s = ordered[len(ordered) // 2]
                     rows.append({
                         "target": name, "push": "64 KiB" if batch < (1 << 20) else "1 MiB", "conc": conc,
                         "rps": s["requests_per_second"], "mbs": s["line_bytes_acked"] / s["elapsed_seconds"] / 1e6,
-                        "p50": s["latency_p50_ms"], "p99": s["latency_p99_ms"],
-                        "cpu_per_gb": (cpu / gb) if pids and gb > 0 else None,
+                        "p50": sorted(x["latency_p50_ms"] for x in runs[name])[len(ordered) // 2],
+                        "p99": sorted(x["latency_p99_ms"] for x in runs[name])[len(ordered) // 2],
+                        "cpu_per_gb": (cpu[name] / gb[name]) if pids and gb[name] > 0 else None,
+                        # CPU µs per forwarded request, split: forwarding (everything but the
+                        # inspection threads) and inspection.
+                        "us_fwd": 1e6 * (cpu[name] - (cpu_inspect if name == "logwarden" else 0))
+                        / max(requests[name], 1) if pids else None,
+                        "us_insp": 1e6 * cpu_inspect / max(requests[name], 1) if name == "logwarden" else None,
                         "rss": peak_rss_mib(pids) if pids else None,
-                        "inspected": inspected,
+                        "inspected": counted[name][0] / max(counted[name][1], 1) if name == "logwarden" else None,
                     })
-                    print(json.dumps(rows[-1]), file=sys.stderr)
-        lines = ["| push | conc | target | req/s | MB/s (lines) | p50 ms | p99 ms | CPU s/GB | peak RSS MiB | inspected |",
-                 "|---|---|---|---|---|---|---|---|---|---|"]
+        lines = ["| push | conc | target | req/s | MB/s (lines) | p50 ms | p99 ms | CPU s/GB | CPU µs/req forwarding | CPU µs/req inspection | peak RSS MiB | inspected |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             cpu = f"{r['cpu_per_gb']:.2f}" if r["cpu_per_gb"] is not None else "–"
             rss = f"{r['rss']:.0f}" if r["rss"] is not None else "–"
             lines.append(f"| {r['push']} | {r['conc']} | {r['target']} | {r['rps']:.0f} | {r['mbs']:.0f} | "
-                         f"{r['p50']:.2f} | {r['p99']:.2f} | {cpu} | {rss} | "
+                         f"{r['p50']:.2f} | {r['p99']:.2f} | {cpu} | "
+                         + (f"{r['us_fwd']:.1f}" if r["us_fwd"] is not None else "–") + " | "
+                         + (f"{r['us_insp']:.1f}" if r["us_insp"] is not None else "–") + f" | {rss} | "
                          + (f"{100 * r['inspected']:.0f} %" if r["inspected"] is not None else "–") + " |")
-        table = "\n".join(lines)
+        ratios = []
+        for push in ("64 KiB", "1 MiB"):
+            for conc in (1, 8):
+                cell = {r["target"]: r for r in rows if r["push"] == push and r["conc"] == conc}
+                lw, ng = cell["logwarden"], cell["nginx"]
+                ratios.append(f"{push} c{conc}: req/s {lw['rps'] / ng['rps']:.2f}x, p99 {lw['p99'] / ng['p99']:.2f}x, "
+                              f"forwarding CPU per request {lw['us_fwd'] / ng['us_fwd']:.2f}x")
+        table = "\n".join(lines) + "\n\nlogwarden / nginx (median rounds): " + "; ".join(ratios)
         print(table)
         if args.out:
             with open(args.out, "w") as f:
