@@ -2,6 +2,7 @@
 """Forwarding cost of logwarden against the anchors, measured in one run on this machine.
 
     python3 benches/proxy_compare.py [--duration 10] [--rounds 3] [--out FILE.md] [--config logwarden.yml]
+                                     [--baseline-bin OLD/logwarden]
 
 Targets, all on 127.0.0.1:
   sink       loadgen -> a sink (nginx answering 204 to everything)
@@ -138,13 +139,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell (median)")
     ap.add_argument("--out")
     ap.add_argument("--config", help="logwarden config file (default: embedded defaults)")
+    ap.add_argument("--baseline-bin", help="an earlier logwarden build to run beside this one (target 'baseline')")
     args = ap.parse_args()
     if not shutil.which("nginx"):
         sys.exit("nginx is required (apt-get install nginx)")
     if not os.path.exists(BIN):
         sys.exit("build first: cargo build --release")
     work = tempfile.mkdtemp(prefix="lw-bench-")
-    sink_port, nginx_port, lw_port = free_port(), free_port(), free_port()
+    sink_port, nginx_port = free_port(), free_port()
     procs = []
     try:
         sink = subprocess.Popen(["nginx", "-c", nginx_conf(work, "sink", f"""
@@ -162,37 +164,44 @@ def main():
     }}
   }}""")])
         procs.append(proxy)
-        lw_cmd = [BIN, "serve", "--listen", f"127.0.0.1:{lw_port}", "--upstream", f"http://127.0.0.1:{sink_port}"]
-        if args.config:
-            lw_cmd += ["--config", args.config]
-        lw = subprocess.Popen(lw_cmd, env={**os.environ, "RUST_LOG": "warn"})
-        procs.append(lw)
-        for p in (sink_port, nginx_port, lw_port):
+        # Each logwarden under test: name -> (port, process). A baseline binary (an earlier
+        # build) runs beside the current one, so a change is measured against it in one run.
+        logwardens = {}
+        bins = [("logwarden", BIN)] + ([("baseline", args.baseline_bin)] if args.baseline_bin else [])
+        for name, binary in bins:
+            port = free_port()
+            cmd = [binary, "serve", "--listen", f"127.0.0.1:{port}", "--upstream", f"http://127.0.0.1:{sink_port}"]
+            if args.config:
+                cmd += ["--config", args.config]
+            p = subprocess.Popen(cmd, env={**os.environ, "RUST_LOG": "warn"})
+            procs.append(p)
+            logwardens[name] = (port, p)
+        for p in [sink_port, nginx_port] + [port for port, _ in logwardens.values()]:
             wait_port(p)
         targets = [
             ("sink", f"http://127.0.0.1:{sink_port}/loki/api/v1/push", []),
             ("nginx", f"http://127.0.0.1:{nginx_port}/loki/api/v1/push", [proxy.pid] + children(proxy.pid)),
-            ("logwarden", f"http://127.0.0.1:{lw_port}/loki/api/v1/push", [lw.pid]),
-        ]
+        ] + [(name, f"http://127.0.0.1:{port}/loki/api/v1/push", [p.pid]) for name, (port, p) in logwardens.items()]
         rows = []
         for batch in (64 << 10, 1 << 20):
             for conc in (1, 8):
                 runs = {name: [] for name, _, _ in targets}
                 cpu = {name: 0.0 for name, _, _ in targets}
-                cpu_inspect = 0.0
+                cpu_inspect = {name: 0.0 for name, _, _ in targets}
                 requests = {name: 0 for name, _, _ in targets}
                 gb = {name: 0.0 for name, _, _ in targets}
                 counted = {name: [0, 0] for name, _, _ in targets}  # lines inspected, acked
                 for r in range(args.rounds):
                     for name, url, pids in targets[r % len(targets):] + targets[:r % len(targets)]:
+                        lw = logwardens.get(name)
                         cpu0 = cpu_seconds(pids)
-                        seen0 = inspected_lines(lw_port) if name == "logwarden" else 0
-                        insp0 = inspection_cpu_seconds(lw.pid) if name == "logwarden" else 0
+                        seen0 = inspected_lines(lw[0]) if lw else 0
+                        insp0 = inspection_cpu_seconds(lw[1].pid) if lw else 0
                         s = loadgen(url, batch, conc, args.duration)
-                        if name == "logwarden":
+                        if lw:
                             time.sleep(1)  # let queued inspections finish
-                            counted[name][0] += inspected_lines(lw_port) - seen0
-                            cpu_inspect += inspection_cpu_seconds(lw.pid) - insp0
+                            counted[name][0] += inspected_lines(lw[0]) - seen0
+                            cpu_inspect[name] += inspection_cpu_seconds(lw[1].pid) - insp0
                         cpu[name] += cpu_seconds(pids) - cpu0
                         gb[name] += s["line_bytes_acked"] / 1e9
                         counted[name][1] += s["lines_acked"]
@@ -202,6 +211,7 @@ def main():
                                           "rps": s["requests_per_second"], "p99": s["latency_p99_ms"]}),
                               file=sys.stderr)
                 for name, _, pids in targets:
+                    lw = name in logwardens
                     ordered = sorted(runs[name], key=lambda s: s["requests_per_second"])
                     s = ordered[len(ordered) // 2]
                     rows.append({
@@ -212,11 +222,10 @@ def main():
                         "cpu_per_gb": (cpu[name] / gb[name]) if pids and gb[name] > 0 else None,
                         # CPU µs per forwarded request, split: forwarding (everything but the
                         # inspection threads) and inspection.
-                        "us_fwd": 1e6 * (cpu[name] - (cpu_inspect if name == "logwarden" else 0))
-                        / max(requests[name], 1) if pids else None,
-                        "us_insp": 1e6 * cpu_inspect / max(requests[name], 1) if name == "logwarden" else None,
+                        "us_fwd": 1e6 * (cpu[name] - cpu_inspect[name]) / max(requests[name], 1) if pids else None,
+                        "us_insp": 1e6 * cpu_inspect[name] / max(requests[name], 1) if lw else None,
                         "rss": peak_rss_mib(pids) if pids else None,
-                        "inspected": counted[name][0] / max(counted[name][1], 1) if name == "logwarden" else None,
+                        "inspected": counted[name][0] / max(counted[name][1], 1) if lw else None,
                     })
         lines = ["| push | conc | target | req/s | MB/s (lines) | p50 ms | p99 ms | CPU s/GB | CPU µs/req forwarding | CPU µs/req inspection | peak RSS MiB | inspected |",
                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -233,9 +242,13 @@ def main():
             for conc in (1, 8):
                 cell = {r["target"]: r for r in rows if r["push"] == push and r["conc"] == conc}
                 lw, ng = cell["logwarden"], cell["nginx"]
+                if "baseline" in cell:
+                    b = cell["baseline"]
+                    ratios.append(f"{push} c{conc} logwarden / baseline: req/s {lw['rps'] / b['rps']:.2f}x, "
+                                  f"p99 {lw['p99'] / b['p99']:.2f}x")
                 ratios.append(f"{push} c{conc}: req/s {lw['rps'] / ng['rps']:.2f}x, p99 {lw['p99'] / ng['p99']:.2f}x, "
                               f"forwarding CPU per request {lw['us_fwd'] / ng['us_fwd']:.2f}x")
-        table = "\n".join(lines) + "\n\nlogwarden / nginx (median rounds): " + "; ".join(ratios)
+        table = "\n".join(lines) + "\n\nMedian rounds, logwarden / nginx unless named:\n" + "\n".join(f"- {r}" for r in ratios)
         print(table)
         if args.out:
             with open(args.out, "w") as f:
