@@ -181,8 +181,13 @@ pub struct InspectConfig {
     /// Inspection worker threads; 0 means one per CPU but one, leaving a core for forwarding.
     /// Default 0.
     pub workers: usize,
-    /// Niceness added to the inspection threads (Linux), so that under CPU contention
-    /// forwarding is served first and inspection sheds instead; 0 keeps normal priority.
+    /// Run the inspection threads under Linux's idle scheduling class (`SCHED_IDLE`): they
+    /// get a CPU only when no other thread wants it, so a push never waits for an inspection
+    /// to yield the core; under sustained CPU contention inspection sheds (counted) instead.
+    /// false: normal scheduling, niced by `nice`. Default true.
+    pub idle_priority: bool,
+    /// Niceness added to the inspection threads (Linux) when `idle_priority` is false, so
+    /// that under CPU contention forwarding is served first; 0 keeps normal priority.
     /// Default 5.
     pub nice: i32,
     /// Tenant assumed when a push has no `X-Scope-OrgID` (Loki's `no_auth_tenant`). Default `fake`.
@@ -197,6 +202,7 @@ impl Default for InspectConfig {
             queue_capacity: 1024,
             queue_bytes: ByteSize(64 << 20),
             workers: 0,
+            idle_priority: true,
             nice: 5,
             default_tenant: "fake".to_owned(),
             max_metric_tenants: 100,

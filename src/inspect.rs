@@ -114,13 +114,13 @@ pub struct Inspector {
 }
 
 impl Inspector {
-    /// Starts `workers` threads, niced by `nice` (Linux), reading a queue of at most `capacity`
+    /// Starts `workers` threads at `priority` (Linux), reading a queue of at most `capacity`
     /// pushes and `max_queued_bytes` body bytes.
     pub fn start(
         capacity: usize,
         max_queued_bytes: usize,
         workers: usize,
-        nice: i32,
+        priority: Priority,
         limits: DecodeLimits,
         metrics: ProxyMetrics,
         inspector: Arc<dyn PushInspector>,
@@ -136,7 +136,7 @@ impl Inspector {
                 std::thread::Builder::new()
                     .name(format!("inspect-{i}"))
                     .spawn(move || {
-                        lower_priority(nice);
+                        priority.apply_to_current_thread();
                         worker(rx, limits, metrics, inspector, &queued_bytes)
                     })
                     .expect("spawning an inspection thread")
@@ -217,18 +217,51 @@ impl Inspector {
     }
 }
 
-/// Lowers the calling thread's scheduling priority, so forwarding threads win under contention.
-fn lower_priority(nice: i32) {
-    if nice == 0 {
-        return;
-    }
-    #[cfg(target_os = "linux")]
-    {
-        // On Linux, niceness is per thread: setpriority(PRIO_PROCESS, tid) changes this thread.
-        let tid = rustix::thread::gettid();
-        if let Err(e) = rustix::process::setpriority_process(Some(tid), nice) {
-            tracing::debug!(error = %e, nice, "could not lower the inspection thread's priority");
+/// How the inspection threads are scheduled against the serving threads (Linux; elsewhere
+/// they keep normal priority).
+#[derive(Debug, Clone, Copy)]
+pub struct Priority {
+    /// `SCHED_IDLE`: run only on a CPU no other thread wants.
+    pub idle: bool,
+    /// Niceness when not idle; 0 keeps normal priority.
+    pub nice: i32,
+}
+
+impl Priority {
+    /// Lowers the calling thread's priority, so forwarding threads win under contention. A
+    /// failure is logged and the thread runs at normal priority.
+    pub fn apply_to_current_thread(self) {
+        #[cfg(target_os = "linux")]
+        {
+            if self.idle {
+                use thread_priority::unix::{
+                    set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+                    ThreadSchedulePolicy,
+                };
+                let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+                match set_thread_priority_and_policy(
+                    thread_native_id(),
+                    thread_priority::ThreadPriority::Min,
+                    idle,
+                ) {
+                    Ok(()) => return,
+                    Err(e) => tracing::warn!(
+                        error = ?e,
+                        "could not put the inspection thread in the idle scheduling class, using inspect.nice"
+                    ),
+                }
+            }
+            if self.nice == 0 {
+                return;
+            }
+            // On Linux, niceness is per thread: setpriority(PRIO_PROCESS, tid) changes this thread.
+            let tid = rustix::thread::gettid();
+            if let Err(e) = rustix::process::setpriority_process(Some(tid), self.nice) {
+                tracing::warn!(error = %e, nice = self.nice, "could not lower the inspection thread's priority");
+            }
         }
+        #[cfg(not(target_os = "linux"))]
+        let _ = self;
     }
 }
 
@@ -286,6 +319,57 @@ pub fn inspect_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The scheduling policy of the calling thread, from `/proc` (field 41 of `stat`).
+    #[cfg(target_os = "linux")]
+    fn current_policy_and_nice() -> (u32, i32) {
+        let tid = rustix::thread::gettid().as_raw_nonzero().get();
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        // After the command: state is field 3, so field n is fields[n - 3].
+        (
+            fields[41 - 3].parse().unwrap(),
+            fields[19 - 3].parse().unwrap(),
+        )
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn inspection_threads_run_in_the_idle_class_or_niced() {
+        const SCHED_IDLE: u32 = 5;
+        let idle = std::thread::spawn(|| {
+            Priority {
+                idle: true,
+                nice: 5,
+            }
+            .apply_to_current_thread();
+            current_policy_and_nice()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(idle.0, SCHED_IDLE, "policy {idle:?}");
+        let niced = std::thread::spawn(|| {
+            Priority {
+                idle: false,
+                nice: 7,
+            }
+            .apply_to_current_thread();
+            current_policy_and_nice()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(niced, (0, 7), "SCHED_OTHER at nice 7");
+        assert_eq!(
+            current_policy_and_nice().0,
+            0,
+            "the calling thread is untouched"
+        );
+    }
 
     #[test]
     fn shed_warnings_are_one_per_interval_and_carry_the_count() {

@@ -129,7 +129,10 @@ impl App {
             config.inspect.queue_capacity,
             usize::try_from(config.inspect.queue_bytes.0).unwrap_or(usize::MAX),
             config.inspect.workers,
-            config.inspect.nice,
+            inspect::Priority {
+                idle: config.inspect.idle_priority,
+                nice: config.inspect.nice,
+            },
             limits,
             metrics.clone(),
             push_inspector,
