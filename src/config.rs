@@ -68,6 +68,9 @@ pub struct RawConfig {
     pub state: crate::state::StateConfig,
 }
 
+/// Most serving threads `server.threads` accepts: each holds a runtime and an upstream pool.
+pub const MAX_SERVING_THREADS: usize = 1024;
+
 /// Protection against slow, greedy or hostile clients.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -367,6 +370,15 @@ impl Config {
             ));
         }
         let srv = &raw.server;
+        if srv.threads > MAX_SERVING_THREADS {
+            return Err(ConfigError::new(
+                "server.threads",
+                format!(
+                    "{} is too many (at most {MAX_SERVING_THREADS}; 0 means one per CPU)",
+                    srv.threads
+                ),
+            ));
+        }
         if srv.max_connections == 0 {
             return Err(ConfigError::new(
                 "server.max_connections",
@@ -580,6 +592,13 @@ mod tests {
             e.to_string(),
             "upstream.timeout: \"0s\" must be greater than zero"
         );
+
+        let e = load("server:\n  threads: 5000\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "server.threads: 5000 is too many (at most 1024; 0 means one per CPU)"
+        );
+        assert_eq!(load("server:\n  threads: 3\n").unwrap().raw.server.threads, 3);
 
         let e = load("upstream:\n  timeout: soon\n").unwrap_err();
         assert_eq!(e.field, "upstream.timeout");
