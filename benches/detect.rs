@@ -209,7 +209,10 @@ fn passes(kind: &str, n: usize) {
         Detector::try_new(&DetectConfig::default(), &prometheus::Registry::new()).unwrap();
     detector.process("bench", &view, &|_: Incident| {});
     let incidents = engine_passes(&detector, &view, n);
-    println!("{kind}: {} lines, {n} passes, {incidents} incidents", lines.len());
+    println!(
+        "{kind}: {} lines, {n} passes, {incidents} incidents",
+        lines.len()
+    );
 }
 
 criterion_group!(benches, bench_detect);

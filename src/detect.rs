@@ -14,6 +14,7 @@
 
 pub mod extract;
 pub mod literals;
+mod pair_filter;
 pub mod rule;
 mod state;
 pub mod window;
