@@ -964,7 +964,7 @@ impl Batch<'_> {
             self.touched.sort_unstable();
         }
         // Valid UTF-8 (nearly every line) is checked much faster than it is repaired.
-        let text: Cow<'_, str> = match std::str::from_utf8(line) {
+        let text: Cow<'_, str> = match simdutf8::basic::from_utf8(line) {
             Ok(text) => Cow::Borrowed(text),
             Err(_) => String::from_utf8_lossy(line),
         };

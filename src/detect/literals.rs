@@ -207,12 +207,17 @@ impl LiteralSet {
         match &self.filter {
             Some(filter) => {
                 let bits: &[u64; 1024] = &self.bits;
-                filter.for_each_candidate(line, &mut |at| {
-                    let idx = pair_index(line[at], line[at + 1]);
-                    if (bits[idx >> 6] >> (idx & 63)) & 1 != 0 {
-                        self.verify(line, at, out);
-                    }
-                });
+                filter.for_each_candidate(
+                    line,
+                    #[inline(always)]
+                    |at| {
+                        let idx = pair_index(line[at], line[at + 1]);
+                        if (bits[idx >> 6] >> (idx & 63)) & 1 != 0 {
+                            // Inlined into the SIMD code, where `count_ones` is one instruction.
+                            self.verify_inline(line, at, out);
+                        }
+                    },
+                );
             }
             None => self.scan_pairs(line, out),
         }
@@ -262,6 +267,12 @@ impl LiteralSet {
     /// Compares the literals anchored at the pair starting at `line[at]` with the line.
     #[inline(never)]
     fn verify(&self, line: &[u8], at: usize, out: &mut Vec<u32>) {
+        self.verify_inline(line, at, out);
+    }
+
+    /// [`LiteralSet::verify`], inlined.
+    #[inline(always)]
+    fn verify_inline(&self, line: &[u8], at: usize, out: &mut Vec<u32>) {
         let idx = pair_index(line[at], line[at + 1]);
         let below = self.bits[idx >> 6] & ((1u64 << (idx & 63)) - 1);
         let slot = self.rank[idx >> 6] as usize + below.count_ones() as usize;

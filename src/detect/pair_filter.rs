@@ -181,17 +181,17 @@ impl PairFilter {
     /// `line[at] line[at + 1]` the buckets accept, in increasing order. Every anchor position
     /// is among them.
     #[inline]
-    pub fn for_each_candidate(&self, line: &[u8], f: &mut impl FnMut(usize)) {
+    pub fn for_each_candidate(&self, line: &[u8], mut f: impl FnMut(usize)) {
         #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
         if let Some(avx2) = self.level.as_avx2() {
             avx2.vectorize(
                 #[inline(always)]
-                || scan(avx2, &self.tables, line, f),
+                || scan(avx2, &self.tables, line, &mut f),
             );
         } else if let Some(sse) = self.level.as_sse4_2() {
             sse.vectorize(
                 #[inline(always)]
-                || scan(sse, &self.tables, line, f),
+                || scan(sse, &self.tables, line, &mut f),
             );
         }
         #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
@@ -200,7 +200,7 @@ impl PairFilter {
 
     /// The same at a given level (for tests: every level this CPU has).
     #[cfg(test)]
-    pub fn for_each_candidate_at(&self, level: Level, line: &[u8], f: &mut impl FnMut(usize)) {
+    pub fn for_each_candidate_at(&self, level: Level, line: &[u8], f: impl FnMut(usize)) {
         let filter = PairFilter {
             tables: self.tables,
             level,
@@ -353,7 +353,7 @@ mod tests {
                 (0..pairs).filter(|&i| filter.accepts(line[i], line[i + 1])).collect();
             for level in levels() {
                 let mut got = Vec::new();
-                filter.for_each_candidate_at(level, &line, &mut |at| got.push(at));
+                filter.for_each_candidate_at(level, &line, |at| got.push(at));
                 prop_assert_eq!(&got, &want, "{:?}", level);
             }
             for i in 0..pairs {
