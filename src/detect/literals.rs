@@ -40,13 +40,44 @@ const COMMON_PAIRS: [&[u8; 2]; 256] = [
 ];
 
 /// One literal anchored at a pair: its index, the offset of the pair in it, its length and its
-/// first byte (checked before the literal is read).
+/// first byte (checked before the literal is read near the end of a line), and its first eight
+/// bytes as a word, compared with eight bytes of the line at once.
 #[derive(Debug, Clone, Copy)]
 struct Anchored {
     literal: u32,
     offset: u32,
     len: u32,
     first: u8,
+    head: Head,
+}
+
+/// The first (up to) eight bytes of a lower-cased literal, little-endian: the line's eight
+/// bytes `w` match when `(w | case) & mask == word`. `case` has bit 5 set in the bytes that
+/// are letters (so both cases of the line's byte compare equal), `mask` covers the literal's
+/// bytes.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    word: u64,
+    case: u64,
+    mask: u64,
+}
+
+impl Head {
+    fn new(lit: &[u8]) -> Head {
+        let mut head = Head {
+            word: 0,
+            case: 0,
+            mask: 0,
+        };
+        for (i, &b) in lit.iter().take(8).enumerate() {
+            head.word |= u64::from(b) << (8 * i);
+            head.mask |= 0xff << (8 * i);
+            if b.is_ascii_lowercase() {
+                head.case |= 0x20 << (8 * i);
+            }
+        }
+        head
+    }
 }
 
 /// Finds every literal of a fixed set that occurs in a line (ASCII case-insensitive).
@@ -103,6 +134,7 @@ impl LiteralSet {
                                 offset: 0,
                                 len: 1,
                                 first: c,
+                                head: Head::new(&[c]),
                             },
                         ));
                     }
@@ -125,6 +157,7 @@ impl LiteralSet {
                             offset: offset as u32,
                             len: lit.len() as u32,
                             first: lit[0],
+                            head: Head::new(lit),
                         },
                     ));
                 }
@@ -283,7 +316,28 @@ impl LiteralSet {
             let Some(from) = at.checked_sub(a.offset as usize) else {
                 continue;
             };
-            let Some(s) = line.get(from..from + a.len as usize) else {
+            let len = a.len as usize;
+            if let Some(eight) = line.get(from..from + 8) {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(eight);
+                let w = u64::from_le_bytes(word);
+                if (w | a.head.case) & a.head.mask != a.head.word {
+                    continue;
+                }
+                let rest = &self.literals[a.literal as usize][len.min(8)..];
+                let matches = rest.is_empty()
+                    || line.get(from + 8..from + len).is_some_and(|s| {
+                        s.iter()
+                            .zip(rest)
+                            .all(|(&x, &y)| x.to_ascii_lowercase() == y)
+                    });
+                if matches {
+                    out.push(a.literal);
+                }
+                continue;
+            }
+            // Near the end of the line: byte by byte.
+            let Some(s) = line.get(from..from + len) else {
                 continue;
             };
             if s[0].to_ascii_lowercase() != a.first {
@@ -413,7 +467,7 @@ mod tests {
     proptest! {
         #[test]
         fn agrees_with_naive_search(
-            lits in proptest::collection::vec("[abAB' <\"0-9]{1,5}", 1..12),
+            lits in proptest::collection::vec("[abAB' <\"0-9]{1,5}|[abAB]{6,12}", 1..12),
             line in proptest::collection::vec(
                 prop_oneof![Just(b'a'), Just(b'b'), Just(b'A'), Just(b'B'), Just(b' '),
                     Just(b'\''), Just(b'<'), Just(b'"'), Just(b'0'), Just(b'4'), Just(0xc3)],
