@@ -879,8 +879,9 @@ impl Batch<'_> {
     pub fn line(&mut self, ts_ns: i64, line: &[u8], on_match: &mut dyn FnMut(LineMatch<'_>)) {
         let mut hits = std::mem::take(&mut self.hits);
         hits.clear();
-        self.compiled.prefilter.find_all(line, &mut hits);
-        self.line_with_hits(ts_ns, line, &hits, on_match);
+        let compiled = Arc::clone(&self.compiled);
+        compiled.prefilter.find_all(line, &mut hits);
+        self.line_with_hits(&compiled, ts_ns, line, &hits, on_match);
         self.hits = hits;
     }
 
@@ -891,20 +892,21 @@ impl Batch<'_> {
         for entry in entries {
             hits.clear();
             compiled.prefilter.find_all(&entry.line, &mut hits);
-            self.line_with_hits(entry.timestamp_ns, &entry.line, &hits, on_match);
+            self.line_with_hits(&compiled, entry.timestamp_ns, &entry.line, &hits, on_match);
         }
         self.hits = hits;
     }
 
     /// Runs the rules over one line whose literal hits (prefilter pattern indexes) are known.
+    /// `compiled` is the batch's rule set (passed in: no reference count touched per line).
     fn line_with_hits(
         &mut self,
+        compiled: &Compiled,
         ts_ns: i64,
         line: &[u8],
         hits: &[u32],
         on_match: &mut dyn FnMut(LineMatch<'_>),
     ) {
-        let compiled = Arc::clone(&self.compiled);
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
             // Wrapped: clear the stamps so no stale one looks current.
@@ -988,7 +990,7 @@ impl Batch<'_> {
                 && self.none_gen[ri] != generation
                 && self.stream_ok[ri];
             if gated {
-                self.eval_rule(&compiled, ri, &mut view, &mut cache, t_ms, ts_ns, on_match);
+                self.eval_rule(compiled, ri, &mut view, &mut cache, t_ms, ts_ns, on_match);
             }
         }
         self.regex_cache = cache;
@@ -1038,9 +1040,8 @@ impl Batch<'_> {
             };
             view.uri_decoded = Some(extract::decode_uri(&raw));
         }
-        let labels = Arc::clone(&self.labels);
         for c in &rule.conditions {
-            let pass = match view.get(&c.field.name, caps.as_ref(), &labels) {
+            let pass = match view.get(&c.field.name, caps.as_ref(), &self.labels) {
                 Some(v) => c.test.eval(&v) != c.negate,
                 None => c.negate,
             };
@@ -1060,7 +1061,7 @@ impl Batch<'_> {
             if i > 0 {
                 self.key_buf.push(',');
             }
-            match view.get(&f.name, caps.as_ref(), &labels) {
+            match view.get(&f.name, caps.as_ref(), &self.labels) {
                 Some(v) if f.name == "ip" || f.name.ends_with("_ip") => {
                     if let Some(ip) = extract::parse_ip(&v) {
                         allowlisted |= compiled.allowlist.contains(ip);
@@ -1082,7 +1083,7 @@ impl Batch<'_> {
         allowlisted &= !rule.include_allowlisted;
         let value = match &rule.distinct {
             Some(f) => view
-                .get(&f.name, caps.as_ref(), &labels)
+                .get(&f.name, caps.as_ref(), &self.labels)
                 .map(|v| truncate(&v, 256).to_owned()),
             None => None,
         };
@@ -1098,11 +1099,11 @@ impl Batch<'_> {
             return;
         }
         let kept_line = truncate(view.text, compiled.max_sample_bytes);
-        let labels_for_shared = self.deltas.as_ref().map(|_| Arc::clone(&labels));
+        let labels_for_shared = self.deltas.as_ref().map(|_| Arc::clone(&self.labels));
         let kept = NewSample {
             ts_ns,
             line: kept_line,
-            labels,
+            labels: &self.labels,
             value: value.as_deref(),
         };
         let value_hash = value

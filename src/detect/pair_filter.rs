@@ -229,15 +229,9 @@ fn scan<S: Simd>(simd: S, tables: &Tables, line: &[u8], f: &mut impl FnMut(usize
     if n < 2 {
         return;
     }
-    let t = [
-        load(simd, &tables[0]),
-        load(simd, &tables[1]),
-        load(simd, &tables[2]),
-        load(simd, &tables[3]),
-    ];
     let mut at = 0;
     while at + 33 <= n {
-        let mask = step(simd, &t, &line[at..at + 32], &line[at + 1..at + 33]);
+        let mask = step(simd, tables, &line[at..at + 32], &line[at + 1..at + 33]);
         emit(mask, at, f);
         at += 32;
     }
@@ -246,12 +240,12 @@ fn scan<S: Simd>(simd: S, tables: &Tables, line: &[u8], f: &mut impl FnMut(usize
         if n >= 33 {
             // The last 33 bytes, without the positions already done.
             let from = n - 33;
-            let mask = step(simd, &t, &line[from..from + 32], &line[from + 1..]);
+            let mask = step(simd, tables, &line[from..from + 32], &line[from + 1..]);
             emit(mask >> (at - from), at, f);
         } else {
             let mut buf = [0u8; 33];
             buf[..n].copy_from_slice(line);
-            let mask = step(simd, &t, &buf[..32], &buf[1..]) & ((1u32 << (n - 1)) - 1);
+            let mask = step(simd, tables, &buf[..32], &buf[1..]) & ((1u32 << (n - 1)) - 1);
             emit(mask, 0, f);
         }
     }
@@ -270,14 +264,15 @@ fn load<S: Simd>(simd: S, t: &[[u8; 32]; 4]) -> [u8x32<S>; 4] {
 
 /// The positions `0..32` whose pair (`at[i]`, `next[i]`) some bucket accepts, as a bit mask.
 #[inline(always)]
-fn step<S: Simd>(simd: S, t: &[[u8x32<S>; 4]; GROUPS], at: &[u8], next: &[u8]) -> u32 {
+fn step<S: Simd>(simd: S, tables: &Tables, at: &[u8], next: &[u8]) -> u32 {
     let a = u8x32::from_slice(simd, at);
     let b = u8x32::from_slice(simd, next);
     let low = simd.splat_u8x32(15);
     let (a_lo, a_hi) = (simd.and_u8x32(a, low), simd.shr_u8x32(a, 4));
     let (b_lo, b_hi) = (simd.and_u8x32(b, low), simd.shr_u8x32(b, 4));
     let mut any = simd.splat_u8x32(0);
-    for t in t {
+    for t in tables {
+        let t = load(simd, t);
         let hit = simd.and_u8x32(
             simd.and_u8x32(
                 simd.swizzle_dyn_within_blocks_u8x32(t[0], a_lo),
