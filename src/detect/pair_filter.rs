@@ -230,22 +230,20 @@ fn scan<S: Simd>(simd: S, tables: &Tables, line: &[u8], f: &mut impl FnMut(usize
         return;
     }
     let mut at = 0;
-    while at + 33 <= n {
-        let mask = step(simd, tables, &line[at..at + 32], &line[at + 1..at + 33]);
-        emit(mask, at, f);
+    while let Some(block) = line[at..].first_chunk::<33>() {
+        emit(step(simd, tables, block), at, f);
         at += 32;
     }
     // Positions `at ..= n - 2` are left, fewer than 32.
     if at + 1 < n {
-        if n >= 33 {
+        if let Some(block) = line[n.saturating_sub(33)..].first_chunk::<33>() {
             // The last 33 bytes, without the positions already done.
             let from = n - 33;
-            let mask = step(simd, tables, &line[from..from + 32], &line[from + 1..]);
-            emit(mask >> (at - from), at, f);
+            emit(step(simd, tables, block) >> (at - from), at, f);
         } else {
             let mut buf = [0u8; 33];
             buf[..n].copy_from_slice(line);
-            let mask = step(simd, tables, &buf[..32], &buf[1..]) & ((1u32 << (n - 1)) - 1);
+            let mask = step(simd, tables, &buf) & ((1u32 << (n - 1)) - 1);
             emit(mask, 0, f);
         }
     }
@@ -255,18 +253,21 @@ fn scan<S: Simd>(simd: S, tables: &Tables, line: &[u8], f: &mut impl FnMut(usize
 #[inline(always)]
 fn load<S: Simd>(simd: S, t: &[[u8; 32]; 4]) -> [u8x32<S>; 4] {
     [
-        u8x32::from_slice(simd, &t[0]),
-        u8x32::from_slice(simd, &t[1]),
-        u8x32::from_slice(simd, &t[2]),
-        u8x32::from_slice(simd, &t[3]),
+        u8x32::load_array_ref(simd, &t[0]),
+        u8x32::load_array_ref(simd, &t[1]),
+        u8x32::load_array_ref(simd, &t[2]),
+        u8x32::load_array_ref(simd, &t[3]),
     ]
 }
 
-/// The positions `0..32` whose pair (`at[i]`, `next[i]`) some bucket accepts, as a bit mask.
+/// The positions `0..32` whose pair (`block[i]`, `block[i + 1]`) some bucket accepts, as a bit
+/// mask.
 #[inline(always)]
-fn step<S: Simd>(simd: S, tables: &Tables, at: &[u8], next: &[u8]) -> u32 {
-    let a = u8x32::from_slice(simd, at);
-    let b = u8x32::from_slice(simd, next);
+fn step<S: Simd>(simd: S, tables: &Tables, block: &[u8; 33]) -> u32 {
+    let (first, _) = block.split_first_chunk::<32>().expect("33 bytes");
+    let (_, second) = block.split_last_chunk::<32>().expect("33 bytes");
+    let a = u8x32::load_array_ref(simd, first);
+    let b = u8x32::load_array_ref(simd, second);
     let low = simd.splat_u8x32(15);
     let (a_lo, a_hi) = (simd.and_u8x32(a, low), simd.shr_u8x32(a, 4));
     let (b_lo, b_hi) = (simd.and_u8x32(b, low), simd.shr_u8x32(b, 4));
