@@ -7,8 +7,8 @@
 //! Must never block or await: it is plain synchronous code called from several worker threads.
 //!
 //! Per line: one pass of an ASCII-case-insensitive literal search over every rule's literals
-//! ([`literals::LiteralSet`]: byte-pair anchors, no lower-cased copy), then only the rules whose
-//! literals hit run their parser, conditions and regexes. A line no rule can match costs that one
+//! ([`literals::LiteralSet`]: byte-pair anchors behind a SIMD first pass, no lower-cased copy),
+//! then only the rules whose literals hit run their parser, conditions and regexes. A line no rule can match costs that one
 //! scan. Regex results are shared: rules
 //! that use the same regex (the SSH rules share one list) run it once per line.
 

@@ -8,7 +8,9 @@
 //! each other, so a line that contains no anchor costs a few instructions per byte, instead of
 //! the chain of dependent transitions an automaton walks. The result is exact: every occurrence
 //! of a literal contains its anchor at a fixed offset, and every candidate is verified.
-//! One-byte literals are anchored at every pair they start.
+//! One-byte literals are anchored at every pair they start. Where the CPU has SSE4.2 or AVX2, a
+//! SIMD first pass (`pair_filter`) picks the positions worth a look in the table, 32 at
+//! a time.
 
 use super::pair_filter::PairFilter;
 

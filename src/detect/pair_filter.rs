@@ -16,7 +16,7 @@ use fearless_simd::{prelude::*, u8x32, Level};
 
 /// Buckets: four groups of eight (one bit per bucket in a table byte).
 pub const BUCKETS: usize = 32;
-/// Groups of eight buckets (the scan loads exactly four).
+/// Groups of eight buckets.
 const GROUPS: usize = 4;
 const _: () = assert!(BUCKETS == GROUPS * 8);
 
