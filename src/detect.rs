@@ -8,9 +8,9 @@
 //!
 //! Per line: one pass of an ASCII-case-insensitive literal search over every rule's literals
 //! ([`literals::LiteralSet`]: byte-pair anchors behind a SIMD first pass, no lower-cased copy),
-//! then only the rules whose literals hit run their parser, conditions and regexes. A line no rule can match costs that one
-//! scan. Regex results are shared: rules
-//! that use the same regex (the SSH rules share one list) run it once per line.
+//! then only the rules whose literals hit run their parser, conditions and regexes. A line no
+//! rule can match costs that one scan. Regex results are shared: rules that use the same regex
+//! (the SSH rules share one list) run it once per line.
 
 pub mod extract;
 pub mod literals;
