@@ -181,11 +181,52 @@ fn memory_per_key() {
     );
 }
 
+/// `n` engine passes over `view`: the function callgrind measures (`--passes`).
+#[inline(never)]
+fn engine_passes(detector: &Detector, view: &PushView<'_>, n: usize) -> usize {
+    let incidents = AtomicUsize::new(0);
+    let sink = |_: Incident| {
+        incidents.fetch_add(1, Ordering::Relaxed);
+    };
+    for _ in 0..n {
+        detector.process("bench", view, &sink);
+    }
+    incidents.load(Ordering::Relaxed)
+}
+
+/// `--passes KIND N` (KIND: a, b or c): one warm-up pass, then `N` passes in
+/// [`engine_passes`], for instruction counts that do not depend on the machine's load:
+/// `valgrind --tool=callgrind --toggle-collect='*engine_passes*' … -- --passes a 4`.
+fn passes(kind: &str, n: usize) {
+    let every = match kind {
+        "a" => 0,
+        "b" => 8,
+        _ => 1,
+    };
+    let lines = lines(every);
+    let view = push(&lines);
+    let detector =
+        Detector::try_new(&DetectConfig::default(), &prometheus::Registry::new()).unwrap();
+    detector.process("bench", &view, &|_: Incident| {});
+    let incidents = engine_passes(&detector, &view, n);
+    println!(
+        "{kind}: {} lines, {n} passes, {incidents} incidents",
+        lines.len()
+    );
+}
+
 criterion_group!(benches, bench_detect);
 
 fn main() {
-    if std::env::args().any(|a| a == "--memory") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--memory") {
         memory_per_key();
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--passes") {
+        let kind = args.get(i + 1).map_or("a", String::as_str);
+        let n = args.get(i + 2).and_then(|n| n.parse().ok()).unwrap_or(4);
+        passes(kind, n);
         return;
     }
     benches();

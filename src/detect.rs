@@ -7,13 +7,14 @@
 //! Must never block or await: it is plain synchronous code called from several worker threads.
 //!
 //! Per line: one pass of an ASCII-case-insensitive literal search over every rule's literals
-//! ([`literals::LiteralSet`]: byte-pair anchors, no lower-cased copy), then only the rules whose
-//! literals hit run their parser, conditions and regexes. A line no rule can match costs that one
-//! scan. Regex results are shared: rules
-//! that use the same regex (the SSH rules share one list) run it once per line.
+//! ([`literals::LiteralSet`]: byte-pair anchors behind a SIMD first pass, no lower-cased copy),
+//! then only the rules whose literals hit run their parser, conditions and regexes. A line no
+//! rule can match costs that one scan. Regex results are shared: rules that use the same regex
+//! (the SSH rules share one list) run it once per line.
 
 pub mod extract;
 pub mod literals;
+mod pair_filter;
 pub mod rule;
 mod state;
 pub mod window;
@@ -878,8 +879,9 @@ impl Batch<'_> {
     pub fn line(&mut self, ts_ns: i64, line: &[u8], on_match: &mut dyn FnMut(LineMatch<'_>)) {
         let mut hits = std::mem::take(&mut self.hits);
         hits.clear();
-        self.compiled.prefilter.find_all(line, &mut hits);
-        self.line_with_hits(ts_ns, line, &hits, on_match);
+        let compiled = Arc::clone(&self.compiled);
+        compiled.prefilter.find_all(line, &mut hits);
+        self.line_with_hits(&compiled, ts_ns, line, &hits, on_match);
         self.hits = hits;
     }
 
@@ -890,20 +892,21 @@ impl Batch<'_> {
         for entry in entries {
             hits.clear();
             compiled.prefilter.find_all(&entry.line, &mut hits);
-            self.line_with_hits(entry.timestamp_ns, &entry.line, &hits, on_match);
+            self.line_with_hits(&compiled, entry.timestamp_ns, &entry.line, &hits, on_match);
         }
         self.hits = hits;
     }
 
     /// Runs the rules over one line whose literal hits (prefilter pattern indexes) are known.
+    /// `compiled` is the batch's rule set (passed in: no reference count touched per line).
     fn line_with_hits(
         &mut self,
+        compiled: &Compiled,
         ts_ns: i64,
         line: &[u8],
         hits: &[u32],
         on_match: &mut dyn FnMut(LineMatch<'_>),
     ) {
-        let compiled = Arc::clone(&self.compiled);
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
             // Wrapped: clear the stamps so no stale one looks current.
@@ -963,7 +966,7 @@ impl Batch<'_> {
             self.touched.sort_unstable();
         }
         // Valid UTF-8 (nearly every line) is checked much faster than it is repaired.
-        let text: Cow<'_, str> = match std::str::from_utf8(line) {
+        let text: Cow<'_, str> = match simdutf8::basic::from_utf8(line) {
             Ok(text) => Cow::Borrowed(text),
             Err(_) => String::from_utf8_lossy(line),
         };
@@ -987,7 +990,7 @@ impl Batch<'_> {
                 && self.none_gen[ri] != generation
                 && self.stream_ok[ri];
             if gated {
-                self.eval_rule(&compiled, ri, &mut view, &mut cache, t_ms, ts_ns, on_match);
+                self.eval_rule(compiled, ri, &mut view, &mut cache, t_ms, ts_ns, on_match);
             }
         }
         self.regex_cache = cache;
@@ -1037,9 +1040,8 @@ impl Batch<'_> {
             };
             view.uri_decoded = Some(extract::decode_uri(&raw));
         }
-        let labels = Arc::clone(&self.labels);
         for c in &rule.conditions {
-            let pass = match view.get(&c.field.name, caps.as_ref(), &labels) {
+            let pass = match view.get(&c.field.name, caps.as_ref(), &self.labels) {
                 Some(v) => c.test.eval(&v) != c.negate,
                 None => c.negate,
             };
@@ -1059,7 +1061,7 @@ impl Batch<'_> {
             if i > 0 {
                 self.key_buf.push(',');
             }
-            match view.get(&f.name, caps.as_ref(), &labels) {
+            match view.get(&f.name, caps.as_ref(), &self.labels) {
                 Some(v) if f.name == "ip" || f.name.ends_with("_ip") => {
                     if let Some(ip) = extract::parse_ip(&v) {
                         allowlisted |= compiled.allowlist.contains(ip);
@@ -1081,7 +1083,7 @@ impl Batch<'_> {
         allowlisted &= !rule.include_allowlisted;
         let value = match &rule.distinct {
             Some(f) => view
-                .get(&f.name, caps.as_ref(), &labels)
+                .get(&f.name, caps.as_ref(), &self.labels)
                 .map(|v| truncate(&v, 256).to_owned()),
             None => None,
         };
@@ -1097,11 +1099,11 @@ impl Batch<'_> {
             return;
         }
         let kept_line = truncate(view.text, compiled.max_sample_bytes);
-        let labels_for_shared = self.deltas.as_ref().map(|_| Arc::clone(&labels));
+        let labels_for_shared = self.deltas.as_ref().map(|_| Arc::clone(&self.labels));
         let kept = NewSample {
             ts_ns,
             line: kept_line,
-            labels,
+            labels: &self.labels,
             value: value.as_deref(),
         };
         let value_hash = value

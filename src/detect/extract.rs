@@ -15,6 +15,10 @@ pub fn normalize_ip(s: &str) -> Option<String> {
 
 /// Parses an address in the forms logs print (see [`normalize_ip`]).
 pub fn parse_ip(s: &str) -> Option<IpAddr> {
+    // The common case, a plain dotted quad, without the general parsers.
+    if let Some(v4) = parse_dotted_quad(s.as_bytes()) {
+        return Some(IpAddr::V4(v4));
+    }
     let s = s.trim_matches(|c: char| c == ',' || c == ';' || c == ')' || c == '(');
     if s.is_empty() || s.len() > 64 {
         return None;
@@ -43,6 +47,68 @@ pub fn parse_ip(s: &str) -> Option<IpAddr> {
         },
         v4 => v4,
     })
+}
+
+/// Parses `a.b.c.d` exactly as `Ipv4Addr`'s parser does (1 to 3 digits per part, no leading
+/// zero, at most 255), or returns `None` (then the general path decides).
+fn parse_dotted_quad(s: &[u8]) -> Option<std::net::Ipv4Addr> {
+    if s.len() < 7 || s.len() > 15 {
+        return None;
+    }
+    let mut octets = [0u8; 4];
+    let mut part = 0;
+    let mut value = 0u32;
+    let mut digits = 0;
+    for (i, &b) in s.iter().enumerate() {
+        match b {
+            b'0'..=b'9' => {
+                if digits == 3 || (digits == 1 && value == 0) {
+                    return None;
+                }
+                value = value * 10 + u32::from(b - b'0');
+                digits += 1;
+            }
+            b'.' if digits > 0 && part < 3 && i + 1 < s.len() => {
+                octets[part] = u8::try_from(value).ok()?;
+                part += 1;
+                value = 0;
+                digits = 0;
+            }
+            _ => return None,
+        }
+    }
+    if part != 3 || digits == 0 {
+        return None;
+    }
+    octets[3] = u8::try_from(value).ok()?;
+    Some(std::net::Ipv4Addr::from(octets))
+}
+
+/// The first `needle` in `hay`, eight bytes per step: the fields of a log line are short, and
+/// a `memchr` call costs more than such a search.
+fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let pattern = LOW * u64::from(needle);
+    let mut chunks = hay.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let v = u64::from_le_bytes(word) ^ pattern;
+        // The lowest byte of `v` that is zero sets the lowest flagged bit (bytes above a zero
+        // byte may be flagged too, never below it).
+        let zero = v.wrapping_sub(LOW) & !v & HIGH;
+        if zero != 0 {
+            return Some(at + zero.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == needle)
+        .map(|i| at + i)
 }
 
 /// A set of networks (CIDRs) with a membership test that costs a mask and a compare per
@@ -153,7 +219,7 @@ pub fn parse_access_head(line: &str) -> Option<(AccessLine<'_>, &str)> {
     // The first " [".
     let mut from = 1;
     let open = loop {
-        let at = from + memchr::memchr(b'[', bytes.get(from..)?)?;
+        let at = from + find_byte(b'[', bytes.get(from..)?)?;
         if bytes[at - 1] == b' ' {
             break at - 1;
         }
@@ -172,7 +238,11 @@ pub fn parse_access_head(line: &str) -> Option<(AccessLine<'_>, &str)> {
             at += 1;
             continue;
         }
-        let end = memchr::memchr(b' ', &bytes[at..open]).map_or(open, |n| at + n);
+        // A few bytes to the next space: a plain loop costs less than a `memchr` call here.
+        let mut end = at;
+        while end < open && bytes[end] != b' ' {
+            end += 1;
+        }
         if count == words.len() {
             return None;
         }
@@ -190,7 +260,7 @@ pub fn parse_access_head(line: &str) -> Option<(AccessLine<'_>, &str)> {
     let rb = rest.as_bytes();
     let mut from = 0;
     let close = loop {
-        let at = from + memchr::memchr(b']', rb.get(from..)?)?;
+        let at = from + find_byte(b']', rb.get(from..)?)?;
         if rb.get(at + 1..at + 3) == Some(b" \"") {
             break at;
         }
@@ -202,7 +272,7 @@ pub fn parse_access_head(line: &str) -> Option<(AccessLine<'_>, &str)> {
     let bytes = after_time.as_bytes();
     let mut end = None;
     let mut from = 0;
-    while let Some(off) = memchr::memchr(b'"', &bytes[from..]) {
+    while let Some(off) = find_byte(b'"', &bytes[from..]) {
         let at = from + off;
         let tail = &bytes[at + 1..];
         if tail.len() >= 4
@@ -221,13 +291,13 @@ pub fn parse_access_head(line: &str) -> Option<(AccessLine<'_>, &str)> {
     let tail = &after_time[(end + 5).min(after_time.len())..];
     // `METHOD target …`: the method, then the target up to the next space.
     let (mut method, mut path, mut query) = ("", "", "");
-    if let Some(sp) = memchr::memchr(b' ', request.as_bytes()) {
+    if let Some(sp) = find_byte(b' ', request.as_bytes()) {
         let m = &request[..sp];
         if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) {
             let rest = &request[sp + 1..];
-            let target = &rest[..memchr::memchr(b' ', rest.as_bytes()).unwrap_or(rest.len())];
+            let target = &rest[..find_byte(b' ', rest.as_bytes()).unwrap_or(rest.len())];
             method = m;
-            match memchr::memchr(b'?', target.as_bytes()) {
+            match find_byte(b'?', target.as_bytes()) {
                 Some(q) => (path, query) = (&target[..q], &target[q + 1..]),
                 None => path = target,
             }
@@ -731,6 +801,34 @@ fn json_time(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The dotted-quad fast path accepts only what the standard parser accepts, with the
+        /// same address, and every dotted quad the standard parser accepts.
+        #[test]
+        fn dotted_quad_fast_path_is_the_standard_parser(
+            s in "[0-9.]{0,16}|(25[0-9]|2[0-4][0-9]|[01]?[0-9]{1,2})(\\.[0-9]{1,3}){3}"
+        ) {
+            let std = s.parse::<std::net::Ipv4Addr>().ok();
+            proptest::prop_assert_eq!(parse_dotted_quad(s.as_bytes()), std);
+        }
+
+        /// `find_byte` is `memchr`.
+        #[test]
+        fn find_byte_is_memchr(
+            hay in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::sample::select(b"ab[ ".to_vec()),
+                    proptest::prelude::any::<u8>(),
+                ],
+                0..100,
+            ),
+        ) {
+            for needle in [b'a', b'[', b' ', 0, 0x80, 0xff] {
+                proptest::prop_assert_eq!(find_byte(needle, &hay), memchr::memchr(needle, &hay));
+            }
+        }
+    }
 
     #[test]
     fn net_sets_contain_what_ipnet_contains() {

@@ -28,8 +28,8 @@ pub struct NewSample<'a> {
     pub ts_ns: i64,
     /// The line, already truncated.
     pub line: &'a str,
-    /// The stream's labels.
-    pub labels: Arc<BTreeMap<String, String>>,
+    /// The stream's labels (cloned only when the sample it replaces has other labels).
+    pub labels: &'a Arc<BTreeMap<String, String>>,
     /// The distinct field's value, for distinct rules.
     pub value: Option<&'a str>,
 }
@@ -139,18 +139,24 @@ impl KeyState {
         };
         self.newest_ms = self.newest_ms.max(t_ms);
         if samples_per_key > 0 {
-            // Reuse the oldest sample's buffer once the ring is full.
-            let mut buf = if self.samples.len() >= samples_per_key {
-                self.samples.pop_front().map(|s| s.line).unwrap_or_default()
+            // Reuse the oldest sample's buffer (and its labels, when they are the same) once the
+            // ring is full.
+            let oldest = if self.samples.len() >= samples_per_key {
+                self.samples.pop_front()
             } else {
-                String::new()
+                None
+            };
+            let (mut buf, labels) = match oldest {
+                Some(old) if Arc::ptr_eq(&old.labels, new.labels) => (old.line, old.labels),
+                Some(old) => (old.line, Arc::clone(new.labels)),
+                None => (String::new(), Arc::clone(new.labels)),
             };
             buf.clear();
             buf.push_str(new.line);
             let kept = KeptLine {
                 ts_ns: new.ts_ns,
                 line: buf,
-                labels: new.labels,
+                labels,
                 value: new.value.map(Into::into),
             };
             // Keep samples in event-time order so the newest evidence is last.
