@@ -598,7 +598,10 @@ mod tests {
             e.to_string(),
             "server.threads: 5000 is too many (at most 1024; 0 means one per CPU)"
         );
-        assert_eq!(load("server:\n  threads: 3\n").unwrap().raw.server.threads, 3);
+        assert_eq!(
+            load("server:\n  threads: 3\n").unwrap().raw.server.threads,
+            3
+        );
 
         let e = load("upstream:\n  timeout: soon\n").unwrap_err();
         assert_eq!(e.field, "upstream.timeout");
