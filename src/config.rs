@@ -187,7 +187,9 @@ pub struct InspectConfig {
     /// Run the inspection threads under Linux's idle scheduling class (`SCHED_IDLE`): they
     /// get a CPU only when no other thread wants it, so a push never waits for an inspection
     /// to yield the core; under sustained CPU contention inspection sheds (counted) instead.
-    /// false: normal scheduling, niced by `nice`. Default true.
+    /// Off by default: on a host saturated by an attack (a flood that keeps every core busy)
+    /// the idle class would leave inspection almost no CPU exactly when detection matters.
+    /// false: normal scheduling, niced by `nice`. Default false.
     pub idle_priority: bool,
     /// Niceness added to the inspection threads (Linux) when `idle_priority` is false, so
     /// that under CPU contention forwarding is served first; 0 keeps normal priority.
@@ -205,7 +207,7 @@ impl Default for InspectConfig {
             queue_capacity: 1024,
             queue_bytes: ByteSize(64 << 20),
             workers: 0,
-            idle_priority: true,
+            idle_priority: false,
             nice: 5,
             default_tenant: "fake".to_owned(),
             max_metric_tenants: 100,
