@@ -16,6 +16,7 @@ pub mod extract;
 pub mod literals;
 mod pair_filter;
 pub mod rule;
+mod ssh;
 mod state;
 pub mod window;
 
@@ -228,6 +229,8 @@ struct Compiled {
     regexes: Vec<regex::Regex>,
     /// Per regex: the lower-case literal every match of it starts with, when it has one.
     regex_prefixes: Vec<Option<memchr::memmem::Finder<'static>>>,
+    /// Per regex: the hand-written matcher that stands for it (built-in SSH regexes).
+    regex_shapes: Vec<Option<ssh::Shape>>,
     /// Per rule: indexes into `regexes` of its `regex` list, in order.
     rule_regexes: Vec<Vec<u32>>,
     /// For each prefilter pattern: the (rule, role) pairs that use it.
@@ -451,6 +454,10 @@ impl Compiled {
                     .map(|p| memchr::memmem::Finder::new(&p).into_owned())
             })
             .collect();
+        let regex_shapes = regexes
+            .iter()
+            .map(|re| ssh::Shape::of(re.as_str()))
+            .collect();
         let rule_matches = rules
             .iter()
             .map(|r| metrics.rule_matches.with_label_values(&[r.id.as_str()]))
@@ -462,6 +469,7 @@ impl Compiled {
             prefilter,
             regexes,
             regex_prefixes,
+            regex_shapes,
             rule_regexes,
             owners,
             all_masks,
@@ -650,6 +658,7 @@ impl Detector {
             regex_cache: RegexCache {
                 generation: vec![0; compiled.regexes.len()],
                 hit: vec![false; compiled.regexes.len()],
+                fast: vec![None; compiled.regexes.len()],
                 locs: compiled
                     .regexes
                     .iter()
@@ -1026,6 +1035,7 @@ impl Batch<'_> {
                     text,
                     regex: &compiled.regexes[id],
                     locs: &cache.locs[id],
+                    fast: cache.fast[id],
                 }),
                 None => return,
             }
@@ -1329,6 +1339,8 @@ struct RegexCache {
     generation: Vec<u32>,
     hit: Vec<bool>,
     locs: Vec<regex::CaptureLocations>,
+    /// The captures when the hand-written matcher found the match (then `locs` is stale).
+    fast: Vec<Option<ssh::Spans>>,
     /// The line in lower case, made for the line `lower_generation` when a regex gate needed it.
     lower: Vec<u8>,
     lower_generation: u32,
@@ -1348,16 +1360,46 @@ impl RegexCache {
             let id = id as usize;
             if self.generation[id] != generation {
                 self.generation[id] = generation;
-                self.hit[id] = self.may_match(compiled, id, text, generation)
-                    && compiled.regexes[id]
-                        .captures_read(&mut self.locs[id], text)
-                        .is_some();
+                self.hit[id] = self.run(compiled, id, text, generation);
             }
             if self.hit[id] {
                 return Some(id);
             }
         }
         None
+    }
+
+    /// Runs regex `id` over `text` (its hand-written matcher when it has one and the line
+    /// suits it), leaving the captures in `locs` or `fast`; returns whether it matched.
+    fn run(&mut self, compiled: &Compiled, id: usize, text: &str, generation: u32) -> bool {
+        if !self.may_match(compiled, id, text, generation) {
+            return false;
+        }
+        if let Some(shape) = compiled.regex_shapes[id] {
+            self.lower_case(text, generation);
+            match ssh::extract(shape, &self.lower) {
+                ssh::Verdict::Match(spans) => {
+                    self.fast[id] = Some(spans);
+                    return true;
+                }
+                ssh::Verdict::NoMatch => return false,
+                ssh::Verdict::Decline => {}
+            }
+        }
+        self.fast[id] = None;
+        compiled.regexes[id]
+            .captures_read(&mut self.locs[id], text)
+            .is_some()
+    }
+
+    /// Makes `lower` the line in lower case (once per line).
+    fn lower_case(&mut self, text: &str, generation: u32) {
+        if self.lower_generation != generation {
+            self.lower_generation = generation;
+            self.lower.clear();
+            self.lower
+                .extend(text.bytes().map(|b| b.to_ascii_lowercase()));
+        }
     }
 
     /// Returns false when regex `id` cannot match `text`: the text lacks the literal every
@@ -1368,12 +1410,7 @@ impl RegexCache {
         let Some(prefix) = &compiled.regex_prefixes[id] else {
             return true;
         };
-        if self.lower_generation != generation {
-            self.lower_generation = generation;
-            self.lower.clear();
-            self.lower
-                .extend(text.bytes().map(|b| b.to_ascii_lowercase()));
-        }
+        self.lower_case(text, generation);
         prefix.find(&self.lower).is_some()
     }
 }
@@ -1383,10 +1420,20 @@ struct Caps<'t, 'c> {
     text: &'t str,
     regex: &'c regex::Regex,
     locs: &'c regex::CaptureLocations,
+    fast: Option<ssh::Spans>,
 }
 
 impl<'t> Caps<'t, '_> {
     fn name(&self, name: &str) -> Option<&'t str> {
+        if let Some(spans) = self.fast {
+            // The matchers stand for regexes whose only groups are these two.
+            let (start, end) = match name {
+                "user" => spans.user,
+                "ip" => spans.ip,
+                _ => return None,
+            };
+            return self.text.get(start..end);
+        }
         let index = self.regex.capture_names().position(|n| n == Some(name))?;
         let (start, end) = self.locs.get(index)?;
         self.text.get(start..end)
