@@ -666,6 +666,7 @@ impl Detector {
                     .collect(),
                 lower: Vec::new(),
                 lower_generation: 0,
+                lower_printable: false,
             },
             any_gen: vec![0; n],
             all_gen: vec![0; n],
@@ -809,6 +810,19 @@ impl<'t> LineView<'t> {
             .get_or_insert_with(|| extract::parse_syslog(text))
     }
 
+    /// `path?query` as it stands in the line (they are slices of it), without a copy.
+    fn path_and_query(&self, path: &str, query: &str) -> Option<&'t str> {
+        let base = self.text.as_ptr() as usize;
+        let start = (path.as_ptr() as usize).checked_sub(base)?;
+        let mark = start + path.len();
+        let end = mark + 1 + query.len();
+        (self.text.as_bytes().get(mark) == Some(&b'?')
+            && query.as_ptr() as usize == base + mark + 1
+            && end <= self.text.len())
+        .then(|| self.text.get(start..end))
+        .flatten()
+    }
+
     fn get<'s>(
         &'s self,
         name: &str,
@@ -836,6 +850,8 @@ impl<'t> LineView<'t> {
                 "uri" => {
                     return Some(if a.query.is_empty() {
                         Cow::Borrowed(a.path)
+                    } else if let Some(uri) = self.path_and_query(a.path, a.query) {
+                        Cow::Borrowed(uri)
                     } else {
                         Cow::Owned(format!("{}?{}", a.path, a.query))
                     })
@@ -1044,11 +1060,11 @@ impl Batch<'_> {
             return;
         }
         if rule.needs_uri_decoded && view.uri_decoded.is_none() {
-            let raw = match view.get("uri", caps.as_ref(), &self.labels) {
-                Some(u) => u.into_owned(),
-                None => String::new(),
+            let decoded = match view.get("uri", caps.as_ref(), &self.labels) {
+                Some(u) => extract::decode_uri(&u),
+                None => extract::decode_uri(""),
             };
-            view.uri_decoded = Some(extract::decode_uri(&raw));
+            view.uri_decoded = Some(decoded);
         }
         for c in &rule.conditions {
             let pass = match view.get(&c.field.name, caps.as_ref(), &self.labels) {
@@ -1344,6 +1360,8 @@ struct RegexCache {
     /// The line in lower case, made for the line `lower_generation` when a regex gate needed it.
     lower: Vec<u8>,
     lower_generation: u32,
+    /// `lower` is all printable ASCII (what the SSH matchers need).
+    lower_printable: bool,
 }
 
 impl RegexCache {
@@ -1377,7 +1395,7 @@ impl RegexCache {
         }
         if let Some(shape) = compiled.regex_shapes[id] {
             self.lower_case(text, generation);
-            match ssh::extract(shape, &self.lower) {
+            match ssh::extract(shape, &self.lower, self.lower_printable) {
                 ssh::Verdict::Match(spans) => {
                     self.fast[id] = Some(spans);
                     return true;
@@ -1399,6 +1417,7 @@ impl RegexCache {
             self.lower.clear();
             self.lower
                 .extend(text.bytes().map(|b| b.to_ascii_lowercase()));
+            self.lower_printable = ssh::printable(&self.lower);
         }
     }
 

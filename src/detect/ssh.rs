@@ -58,10 +58,17 @@ pub(crate) enum Verdict {
     Decline,
 }
 
+/// Whether every byte of `s` is printable ASCII (`0x20..=0x7e`): the lines the matchers take.
+pub(crate) fn printable(s: &[u8]) -> bool {
+    // No early exit: the compiler turns this into wide compares.
+    s.iter()
+        .fold(true, |ok, &b| ok & (b.wrapping_sub(0x20) < 0x5f))
+}
+
 /// Runs the matcher for `shape` over `lower`, the line in ASCII lower case (same length and
-/// offsets as the line).
-pub(crate) fn extract(shape: Shape, lower: &[u8]) -> Verdict {
-    if !lower.iter().all(|&b| (0x20..0x7f).contains(&b)) {
+/// offsets as the line); `printable` is [`printable`]`(lower)`.
+pub(crate) fn extract(shape: Shape, lower: &[u8], printable: bool) -> Verdict {
+    if !printable {
         return Verdict::Decline;
     }
     let found = match shape {
@@ -257,7 +264,11 @@ mod tests {
         let mut matched = 0;
         for re in REGEXES.iter() {
             let shape = Shape::of(re.as_str()).unwrap();
-            match extract(shape, &lower) {
+            assert_eq!(
+                printable(&lower),
+                lower.iter().all(|&b| (0x20..0x7f).contains(&b))
+            );
+            match extract(shape, &lower, printable(&lower)) {
                 Verdict::Decline => {
                     assert!(
                         !lower.iter().all(|&b| (0x20..0x7f).contains(&b)),
