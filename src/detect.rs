@@ -675,6 +675,7 @@ impl Detector {
             touched: Vec::new(),
             hits: Vec::new(),
             key_buf: String::new(),
+            ip_memo: IpMemo::default(),
             fired: Vec::new(),
             matches: vec![0; n],
             newest_ms: i64::MIN,
@@ -770,6 +771,8 @@ pub struct Batch<'d> {
     /// Prefilter pattern hits of the current line.
     hits: Vec<u32>,
     key_buf: String,
+    /// The last address parsed for a key (the rules that key by `ip` read the same one).
+    ip_memo: IpMemo,
     fired: Vec<(u32, Box<str>)>,
     matches: Vec<u64>,
     /// Newest event time of the batch, capped at `clock_cap_ms`.
@@ -941,6 +944,7 @@ impl Batch<'_> {
             self.touched_gen.fill(0);
             self.regex_cache.generation.fill(0);
             self.regex_cache.lower_generation = 0;
+            self.ip_memo = IpMemo::default();
             self.generation = 1;
         }
         let generation = self.generation;
@@ -1089,7 +1093,10 @@ impl Batch<'_> {
             }
             match view.get(&f.name, caps.as_ref(), &self.labels) {
                 Some(v) if f.name == "ip" || f.name.ends_with("_ip") => {
-                    if let Some(ip) = extract::parse_ip(&v) {
+                    if let Some(ip) =
+                        self.ip_memo
+                            .parse(&v, matches!(v, Cow::Borrowed(_)), self.generation)
+                    {
                         allowlisted |= compiled.allowlist.contains(ip);
                         push_ip(&mut self.key_buf, ip);
                     } else if let Some(host) = extract::normalize_source(&v) {
@@ -1343,6 +1350,39 @@ fn merge_shared(inc: &mut Incident, rule: &Rule, totals: &crate::state::KeyTotal
         if let Some(first) = inc.samples.first() {
             inc.first_seen = EventTime(inc.first_seen.0.min(first.timestamp.0));
         }
+    }
+}
+
+// === impl IpMemo ===
+
+/// [`extract::parse_ip`] of the value last parsed on the current line, known by where it is:
+/// a borrowed field value lives (unchanged) in the line, its captures, the decoded URI or the
+/// stream labels for the whole line, so the same address and length means the same text.
+#[derive(Default)]
+struct IpMemo {
+    /// The line (`Batch::generation`) of the memo; 0: none.
+    generation: u32,
+    at: usize,
+    len: usize,
+    ip: Option<std::net::IpAddr>,
+}
+
+impl IpMemo {
+    /// `borrowed`: `s` is a borrowed field value (an owned one is parsed without the memo).
+    fn parse(&mut self, s: &str, borrowed: bool, generation: u32) -> Option<std::net::IpAddr> {
+        if !borrowed {
+            return extract::parse_ip(s);
+        }
+        let at = s.as_ptr() as usize;
+        if self.generation != generation || self.at != at || self.len != s.len() {
+            *self = IpMemo {
+                generation,
+                at,
+                len: s.len(),
+                ip: extract::parse_ip(s),
+            };
+        }
+        self.ip
     }
 }
 
