@@ -186,13 +186,13 @@ fn failed(s: &[u8]) -> Option<Spans> {
         };
         let rest = &s[q..];
         let invalid = rest.starts_with(b"invalid user ") || rest.starts_with(b"illegal user ");
-        if let Some(spans) = invalid
+        // Whether a ` from ` works does not depend on where the user starts, and `found(q)`
+        // has tried every one after `q`: a later start cannot match either (this keeps a
+        // hostile line linear).
+        return invalid
             .then(|| found(q + 13))
             .flatten()
-            .or_else(|| found(q))
-        {
-            return Some(spans);
-        }
+            .or_else(|| found(q));
     }
     None
 }
@@ -207,9 +207,8 @@ fn invalid_user(s: &[u8]) -> Option<Spans> {
             continue;
         }
         let tail = |s: &[u8], _: usize, ip1: usize| blank(s, port(s, ip1));
-        if let Some(spans) = user_then_ip(s, p + 6, tail) {
-            return Some(spans);
-        }
+        // As in `failed`: a later start has only ` from `s already tried.
+        return user_then_ip(s, p + 6, tail);
     }
     None
 }
@@ -328,6 +327,27 @@ mod tests {
             2
         );
         assert_eq!(check("User a from 1.2.3.4 not allowed because none"), 1);
+    }
+
+    #[test]
+    fn hostile_lines_stay_linear() {
+        for unit in [
+            "failed password for invalid user  from x ",
+            "invalid user illegal user from from  ",
+            "user a from b not allowed ",
+        ] {
+            let line = unit.repeat(2_000) + "x";
+            let lower = line.as_bytes();
+            let start = std::time::Instant::now();
+            for shape in [Shape::Failed, Shape::InvalidUser, Shape::NotAllowed] {
+                extract(shape, lower, printable(lower));
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(1),
+                "{unit}"
+            );
+            check(&unit.repeat(50));
+        }
     }
 
     /// Lines built from the pieces the regexes look for, with random case, spacing and junk.
