@@ -10,12 +10,14 @@
 //! ([`literals::LiteralSet`]: byte-pair anchors behind a SIMD first pass, no lower-cased copy),
 //! then only the rules whose literals hit run their parser, conditions and regexes. A line no
 //! rule can match costs that one scan. Regex results are shared: rules that use the same regex
-//! (the SSH rules share one list) run it once per line.
+//! (the SSH rules share one list) run it once per line. Three built-in SSH regexes are matched
+//! by hand on printable-ASCII lines (`detect/ssh.rs`, property-tested against the regexes).
 
 pub mod extract;
 pub mod literals;
 mod pair_filter;
 pub mod rule;
+mod ssh;
 mod state;
 pub mod window;
 
@@ -228,6 +230,8 @@ struct Compiled {
     regexes: Vec<regex::Regex>,
     /// Per regex: the lower-case literal every match of it starts with, when it has one.
     regex_prefixes: Vec<Option<memchr::memmem::Finder<'static>>>,
+    /// Per regex: the hand-written matcher that stands for it (built-in SSH regexes).
+    regex_shapes: Vec<Option<ssh::Shape>>,
     /// Per rule: indexes into `regexes` of its `regex` list, in order.
     rule_regexes: Vec<Vec<u32>>,
     /// For each prefilter pattern: the (rule, role) pairs that use it.
@@ -451,6 +455,10 @@ impl Compiled {
                     .map(|p| memchr::memmem::Finder::new(&p).into_owned())
             })
             .collect();
+        let regex_shapes = regexes
+            .iter()
+            .map(|re| ssh::Shape::of(re.as_str()))
+            .collect();
         let rule_matches = rules
             .iter()
             .map(|r| metrics.rule_matches.with_label_values(&[r.id.as_str()]))
@@ -462,6 +470,7 @@ impl Compiled {
             prefilter,
             regexes,
             regex_prefixes,
+            regex_shapes,
             rule_regexes,
             owners,
             all_masks,
@@ -650,6 +659,7 @@ impl Detector {
             regex_cache: RegexCache {
                 generation: vec![0; compiled.regexes.len()],
                 hit: vec![false; compiled.regexes.len()],
+                fast: vec![None; compiled.regexes.len()],
                 locs: compiled
                     .regexes
                     .iter()
@@ -657,6 +667,7 @@ impl Detector {
                     .collect(),
                 lower: Vec::new(),
                 lower_generation: 0,
+                lower_printable: false,
             },
             any_gen: vec![0; n],
             all_gen: vec![0; n],
@@ -665,6 +676,7 @@ impl Detector {
             touched: Vec::new(),
             hits: Vec::new(),
             key_buf: String::new(),
+            ip_memo: IpMemo::default(),
             fired: Vec::new(),
             matches: vec![0; n],
             newest_ms: i64::MIN,
@@ -760,6 +772,8 @@ pub struct Batch<'d> {
     /// Prefilter pattern hits of the current line.
     hits: Vec<u32>,
     key_buf: String,
+    /// The last address parsed for a key (the rules that key by `ip` read the same one).
+    ip_memo: IpMemo,
     fired: Vec<(u32, Box<str>)>,
     matches: Vec<u64>,
     /// Newest event time of the batch, capped at `clock_cap_ms`.
@@ -800,6 +814,19 @@ impl<'t> LineView<'t> {
             .get_or_insert_with(|| extract::parse_syslog(text))
     }
 
+    /// `path?query` as it stands in the line (they are slices of it), without a copy.
+    fn path_and_query(&self, path: &str, query: &str) -> Option<&'t str> {
+        let base = self.text.as_ptr() as usize;
+        let start = (path.as_ptr() as usize).checked_sub(base)?;
+        let mark = start + path.len();
+        let end = mark + 1 + query.len();
+        (self.text.as_bytes().get(mark) == Some(&b'?')
+            && query.as_ptr() as usize == base + mark + 1
+            && end <= self.text.len())
+        .then(|| self.text.get(start..end))
+        .flatten()
+    }
+
     fn get<'s>(
         &'s self,
         name: &str,
@@ -827,6 +854,8 @@ impl<'t> LineView<'t> {
                 "uri" => {
                     return Some(if a.query.is_empty() {
                         Cow::Borrowed(a.path)
+                    } else if let Some(uri) = self.path_and_query(a.path, a.query) {
+                        Cow::Borrowed(uri)
                     } else {
                         Cow::Owned(format!("{}?{}", a.path, a.query))
                     })
@@ -916,6 +945,7 @@ impl Batch<'_> {
             self.touched_gen.fill(0);
             self.regex_cache.generation.fill(0);
             self.regex_cache.lower_generation = 0;
+            self.ip_memo = IpMemo::default();
             self.generation = 1;
         }
         let generation = self.generation;
@@ -1026,6 +1056,7 @@ impl Batch<'_> {
                     text,
                     regex: &compiled.regexes[id],
                     locs: &cache.locs[id],
+                    fast: cache.fast[id],
                 }),
                 None => return,
             }
@@ -1034,11 +1065,11 @@ impl Batch<'_> {
             return;
         }
         if rule.needs_uri_decoded && view.uri_decoded.is_none() {
-            let raw = match view.get("uri", caps.as_ref(), &self.labels) {
-                Some(u) => u.into_owned(),
-                None => String::new(),
+            let decoded = match view.get("uri", caps.as_ref(), &self.labels) {
+                Some(u) => extract::decode_uri(&u),
+                None => extract::decode_uri(""),
             };
-            view.uri_decoded = Some(extract::decode_uri(&raw));
+            view.uri_decoded = Some(decoded);
         }
         for c in &rule.conditions {
             let pass = match view.get(&c.field.name, caps.as_ref(), &self.labels) {
@@ -1063,7 +1094,10 @@ impl Batch<'_> {
             }
             match view.get(&f.name, caps.as_ref(), &self.labels) {
                 Some(v) if f.name == "ip" || f.name.ends_with("_ip") => {
-                    if let Some(ip) = extract::parse_ip(&v) {
+                    if let Some(ip) =
+                        self.ip_memo
+                            .parse(&v, matches!(v, Cow::Borrowed(_)), self.generation)
+                    {
                         allowlisted |= compiled.allowlist.contains(ip);
                         push_ip(&mut self.key_buf, ip);
                     } else if let Some(host) = extract::normalize_source(&v) {
@@ -1320,6 +1354,39 @@ fn merge_shared(inc: &mut Incident, rule: &Rule, totals: &crate::state::KeyTotal
     }
 }
 
+// === impl IpMemo ===
+
+/// [`extract::parse_ip`] of the value last parsed on the current line, known by where it is:
+/// a borrowed field value lives (unchanged) in the line, its captures, the decoded URI or the
+/// stream labels for the whole line, so the same address and length means the same text.
+#[derive(Default)]
+struct IpMemo {
+    /// The line (`Batch::generation`) of the memo; 0: none.
+    generation: u32,
+    at: usize,
+    len: usize,
+    ip: Option<std::net::IpAddr>,
+}
+
+impl IpMemo {
+    /// `borrowed`: `s` is a borrowed field value (an owned one is parsed without the memo).
+    fn parse(&mut self, s: &str, borrowed: bool, generation: u32) -> Option<std::net::IpAddr> {
+        if !borrowed {
+            return extract::parse_ip(s);
+        }
+        let at = s.as_ptr() as usize;
+        if self.generation != generation || self.at != at || self.len != s.len() {
+            *self = IpMemo {
+                generation,
+                at,
+                len: s.len(),
+                ip: extract::parse_ip(s),
+            };
+        }
+        self.ip
+    }
+}
+
 // === impl RegexCache ===
 
 /// Per shared regex: the line (`generation`) it last ran on, its verdict and its captures, so
@@ -1329,9 +1396,13 @@ struct RegexCache {
     generation: Vec<u32>,
     hit: Vec<bool>,
     locs: Vec<regex::CaptureLocations>,
+    /// The captures when the hand-written matcher found the match (then `locs` is stale).
+    fast: Vec<Option<ssh::Spans>>,
     /// The line in lower case, made for the line `lower_generation` when a regex gate needed it.
     lower: Vec<u8>,
     lower_generation: u32,
+    /// `lower` is all printable ASCII (what the SSH matchers need).
+    lower_printable: bool,
 }
 
 impl RegexCache {
@@ -1348,16 +1419,47 @@ impl RegexCache {
             let id = id as usize;
             if self.generation[id] != generation {
                 self.generation[id] = generation;
-                self.hit[id] = self.may_match(compiled, id, text, generation)
-                    && compiled.regexes[id]
-                        .captures_read(&mut self.locs[id], text)
-                        .is_some();
+                self.hit[id] = self.run(compiled, id, text, generation);
             }
             if self.hit[id] {
                 return Some(id);
             }
         }
         None
+    }
+
+    /// Runs regex `id` over `text` (its hand-written matcher when it has one and the line
+    /// suits it), leaving the captures in `locs` or `fast`; returns whether it matched.
+    fn run(&mut self, compiled: &Compiled, id: usize, text: &str, generation: u32) -> bool {
+        if !self.may_match(compiled, id, text, generation) {
+            return false;
+        }
+        if let Some(shape) = compiled.regex_shapes[id] {
+            self.lower_case(text, generation);
+            match ssh::extract(shape, &self.lower, self.lower_printable) {
+                ssh::Verdict::Match(spans) => {
+                    self.fast[id] = Some(spans);
+                    return true;
+                }
+                ssh::Verdict::NoMatch => return false,
+                ssh::Verdict::Decline => {}
+            }
+        }
+        self.fast[id] = None;
+        compiled.regexes[id]
+            .captures_read(&mut self.locs[id], text)
+            .is_some()
+    }
+
+    /// Makes `lower` the line in lower case (once per line).
+    fn lower_case(&mut self, text: &str, generation: u32) {
+        if self.lower_generation != generation {
+            self.lower_generation = generation;
+            self.lower.clear();
+            self.lower
+                .extend(text.bytes().map(|b| b.to_ascii_lowercase()));
+            self.lower_printable = ssh::printable(&self.lower);
+        }
     }
 
     /// Returns false when regex `id` cannot match `text`: the text lacks the literal every
@@ -1368,12 +1470,7 @@ impl RegexCache {
         let Some(prefix) = &compiled.regex_prefixes[id] else {
             return true;
         };
-        if self.lower_generation != generation {
-            self.lower_generation = generation;
-            self.lower.clear();
-            self.lower
-                .extend(text.bytes().map(|b| b.to_ascii_lowercase()));
-        }
+        self.lower_case(text, generation);
         prefix.find(&self.lower).is_some()
     }
 }
@@ -1383,10 +1480,20 @@ struct Caps<'t, 'c> {
     text: &'t str,
     regex: &'c regex::Regex,
     locs: &'c regex::CaptureLocations,
+    fast: Option<ssh::Spans>,
 }
 
 impl<'t> Caps<'t, '_> {
     fn name(&self, name: &str) -> Option<&'t str> {
+        if let Some(spans) = self.fast {
+            // The matchers stand for regexes whose only groups are these two.
+            let (start, end) = match name {
+                "user" => spans.user,
+                "ip" => spans.ip,
+                _ => return None,
+            };
+            return self.text.get(start..end);
+        }
         let index = self.regex.capture_names().position(|n| n == Some(name))?;
         let (start, end) = self.locs.get(index)?;
         self.text.get(start..end)
