@@ -9,11 +9,18 @@
 
 use std::time::Duration;
 
+use std::future::Future as _;
+
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -41,9 +48,9 @@ impl Route {
 /// Why Loki gave no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    /// Loki could not be reached (connection refused, reset, DNS).
+    /// Loki could not be reached (connection refused, reset, DNS), with the cause.
     #[error("upstream unreachable: {0}")]
-    Unreachable(#[source] reqwest::Error),
+    Unreachable(String),
     /// Loki did not answer within `upstream.timeout`.
     #[error("upstream did not answer within {0:?}")]
     Timeout(Duration),
@@ -126,7 +133,9 @@ pub fn end_to_end_headers(headers: &HeaderMap) -> HeaderMap {
 pub struct UpstreamResponse {
     /// Loki's status code.
     pub status: StatusCode,
-    inner: reqwest::Response,
+    inner: http::Response<Incoming>,
+    /// Longest wait for the next piece of the body (`upstream.timeout`).
+    idle: Duration,
 }
 
 impl UpstreamResponse {
@@ -138,21 +147,18 @@ impl UpstreamResponse {
 
     /// Converts Loki's answer into ours: same status, end-to-end headers and body bytes.
     pub fn into_response(self) -> Response {
-        let mut builder = Response::builder().status(self.status);
-        if let Some(h) = builder.headers_mut() {
-            *h = end_to_end_headers(self.inner.headers());
-            // Keep Loki's declared length so the client sees exactly what Loki sent.
-            if let Some(len) = self.inner.headers().get(header::CONTENT_LENGTH) {
-                h.insert(header::CONTENT_LENGTH, len.clone());
-            }
+        let (parts, body) = self.inner.into_parts();
+        let mut response = Response::new(Body::new(IdleTimeout::new(body, self.idle)));
+        *response.status_mut() = parts.status;
+        let headers = response.headers_mut();
+        *headers = end_to_end_headers(&parts.headers);
+        // Keep Loki's declared length so the client sees exactly what Loki sent.
+        if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
+            headers.insert(header::CONTENT_LENGTH, len.clone());
         }
-        builder
-            .body(Body::from_stream(self.inner.bytes_stream()))
-            .expect("status and headers were copied from a valid response")
+        response
     }
-}
 
-impl UpstreamResponse {
     /// Splits a `101 Switching Protocols` answer into its status, the headers to send the client
     /// (including `Upgrade`) and the upgraded upstream connection.
     pub fn into_upgrade(
@@ -160,13 +166,13 @@ impl UpstreamResponse {
     ) -> (
         StatusCode,
         HeaderMap,
-        impl std::future::Future<Output = reqwest::Result<reqwest::Upgraded>>,
+        impl std::future::Future<Output = hyper::Result<hyper::upgrade::Upgraded>>,
     ) {
         let mut headers = end_to_end_headers(self.inner.headers());
         if let Some(u) = self.inner.headers().get(header::UPGRADE) {
             headers.insert(header::UPGRADE, u.clone());
         }
-        (self.status, headers, self.inner.upgrade())
+        (self.status, headers, hyper::upgrade::on(self.inner))
     }
 }
 
@@ -175,71 +181,139 @@ pub fn client_will_retry(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
 }
 
-/// Sends requests to Loki over pooled connections.
+/// How the forwarder connects: plain TCP, or rustls for `https://` upstreams.
+#[cfg(feature = "tls")]
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+#[cfg(not(feature = "tls"))]
+type Connector = HttpConnector;
+
+/// A pooled HTTP/1.1 (or h2) client to Loki.
+type Pool = Client<Connector, Full<Bytes>>;
+
+/// Sends requests to Loki over pooled connections, with hyper's client directly: per request
+/// it only builds the URI and copies the end-to-end headers (no URL parsing, no header-map
+/// merging, no redirect or proxy machinery).
 #[derive(Clone)]
 pub struct Forwarder {
     /// One pool per serving thread ([`crate::threads`]), so a pooled connection is driven by
     /// the thread that uses it, plus one for requests from anywhere else.
-    clients: std::sync::Arc<[reqwest::Client]>,
-    base: reqwest::Url,
+    pools: std::sync::Arc<[Pool]>,
+    target: std::sync::Arc<Target>,
     timeout: Duration,
     metrics: ProxyMetrics,
 }
 
+/// Where requests go: the parts of `upstream.url` each request's URI is built from.
+struct Target {
+    scheme: http::uri::Scheme,
+    /// Host and port, without the userinfo.
+    authority: http::uri::Authority,
+    /// The base path without its trailing `/` (`""` for a bare host).
+    prefix: String,
+    /// `Authorization: Basic …` from the URL's userinfo, sent when the client sent none.
+    basic_auth: Option<http::HeaderValue>,
+}
+
+impl Target {
+    fn new(url: &reqwest::Url) -> anyhow::Result<Target> {
+        let host = url
+            .host_str()
+            .ok_or_else(|| anyhow::anyhow!("upstream.url has no host"))?;
+        let authority = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        let basic_auth = if url.username().is_empty() && url.password().is_none() {
+            None
+        } else {
+            use base64::Engine as _;
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            let pair = format!(
+                "{}:{}",
+                decode(url.username()),
+                decode(url.password().unwrap_or(""))
+            );
+            let mut value = http::HeaderValue::try_from(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            ))?;
+            value.set_sensitive(true);
+            Some(value)
+        };
+        Ok(Target {
+            scheme: url.scheme().parse()?,
+            authority: authority.parse()?,
+            prefix: url.path().trim_end_matches('/').to_owned(),
+            basic_auth,
+        })
+    }
+
+    /// Builds the upstream URI for a client path and query, keeping the base path prefix; the
+    /// path and query go on exactly as the client sent them.
+    fn uri_for(&self, path_and_query: &str) -> Result<http::Uri, http::Error> {
+        let builder = http::Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone());
+        if self.prefix.is_empty() {
+            builder.path_and_query(path_and_query).build()
+        } else {
+            builder
+                .path_and_query(format!("{}{path_and_query}", self.prefix))
+                .build()
+        }
+    }
+}
+
 impl Forwarder {
-    /// Builds the pooled client from the upstream settings.
+    /// Builds the pooled clients from the upstream settings.
     ///
     /// # Errors
-    /// When the HTTP client cannot be built (TLS or resolver initialisation).
+    /// When the upstream URL cannot be turned into request URIs or TLS cannot be initialised.
     pub fn try_new(config: &Config, metrics: ProxyMetrics) -> anyhow::Result<Self> {
         let up = &config.upstream;
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(up.connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        #[cfg(feature = "tls")]
+        let connector = {
+            let builder = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(config.upstream_tls.rustls_config()?)
+                .https_or_http();
+            if up.http2 {
+                builder.enable_http2().wrap_connector(http)
+            } else {
+                builder.enable_http1().wrap_connector(http)
+            }
+        };
+        #[cfg(not(feature = "tls"))]
+        let connector = http;
         let build = || {
-            let mut builder = crate::http::client_builder()
-                .connect_timeout(up.connect_timeout)
-                // Inactivity bound while streaming a body; the answer itself is bounded below.
-                .read_timeout(up.timeout)
+            Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(up.pool_max_idle_per_host)
                 .pool_idle_timeout(up.pool_idle_timeout)
-                .tcp_nodelay(true)
-                .redirect(reqwest::redirect::Policy::none())
-                .no_proxy();
-            if up.http2 {
-                builder = builder.http2_prior_knowledge();
-            }
-            config.upstream_tls.apply(builder).build()
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .http2_only(up.http2)
+                .build(connector.clone())
         };
         let pools = crate::threads::resolve(config.raw.server.threads) + 1;
-        let clients = (0..pools).map(|_| build()).collect::<Result<Vec<_>, _>>()?;
         Ok(Forwarder {
-            clients: clients.into(),
-            base: config.upstream_url.clone(),
+            pools: (0..pools).map(|_| build()).collect(),
+            target: std::sync::Arc::new(Target::new(&config.upstream_url)?),
             timeout: up.timeout,
             metrics,
         })
     }
 
     /// Returns the pool of the serving thread this runs on (the shared one elsewhere).
-    fn client(&self) -> &reqwest::Client {
-        let shared = self.clients.len() - 1;
-        &self.clients[crate::threads::current().map_or(shared, |i| i.min(shared))]
-    }
-
-    /// Builds the upstream URL for a client path and query, keeping any base path prefix. The
-    /// base is parsed once at start-up; per request only the path and query are set.
-    fn url_for(&self, path_and_query: &str) -> reqwest::Url {
-        let (path, query) = match path_and_query.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (path_and_query, None),
-        };
-        let mut url = self.base.clone();
-        let prefix = self.base.path().trim_end_matches('/');
-        if prefix.is_empty() {
-            url.set_path(path);
-        } else {
-            url.set_path(&format!("{prefix}{path}"));
-        }
-        url.set_query(query);
-        url
+    fn pool(&self) -> &Pool {
+        let shared = self.pools.len() - 1;
+        &self.pools[crate::threads::current().map_or(shared, |i| i.min(shared))]
     }
 
     /// Sends one request and waits for Loki's response headers, at most `upstream.timeout`.
@@ -252,10 +326,24 @@ impl Forwarder {
         method: Method,
         path_and_query: &str,
         headers: &HeaderMap,
-        body: reqwest::Body,
+        body: Bytes,
         upgrade: bool,
     ) -> Result<UpstreamResponse, ForwardError> {
-        let mut out_headers = end_to_end_headers(headers);
+        let mut request = http::Request::new(Full::new(body));
+        *request.method_mut() = method;
+        *request.uri_mut() = match self.target.uri_for(path_and_query) {
+            Ok(uri) => uri,
+            // The client's request line parsed, so this only happens for a path the base
+            // prefix makes invalid; Loki cannot be asked.
+            Err(e) => return Err(self.failed(ForwardError::Unreachable(e.to_string()))),
+        };
+        let out_headers = request.headers_mut();
+        *out_headers = end_to_end_headers(headers);
+        if let Some(auth) = &self.target.basic_auth {
+            out_headers
+                .entry(header::AUTHORIZATION)
+                .or_insert_with(|| auth.clone());
+        }
         if upgrade {
             // Connection and Upgrade are hop-by-hop, but an upgrade must name them to the next hop.
             if let Some(u) = headers.get(header::UPGRADE) {
@@ -266,35 +354,32 @@ impl Forwarder {
                 );
             }
         }
-        let request = self
-            .client()
-            .request(method, self.url_for(path_and_query))
-            .headers(out_headers)
-            .body(body);
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, request.send()).await;
-        let elapsed = started.elapsed().as_secs_f64();
-        let outcome = match result {
+        let result = tokio::time::timeout(self.timeout, self.pool().request(request)).await;
+        match result {
             Ok(Ok(inner)) => {
                 self.metrics
                     .upstream_duration
                     .with_label_values(&[route.as_str()])
-                    .observe(elapsed);
-                return Ok(UpstreamResponse {
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(UpstreamResponse {
                     status: inner.status(),
                     inner,
-                });
+                    idle: self.timeout,
+                })
             }
-            Ok(Err(e)) if e.is_timeout() => ForwardError::Timeout(self.timeout),
-            // The error's URL may carry the upstream's credentials; it is logged.
-            Ok(Err(e)) => ForwardError::Unreachable(e.without_url()),
-            Err(_) => ForwardError::Timeout(self.timeout),
-        };
+            // hyper's errors name no URL, so the upstream's credentials cannot reach the log.
+            Ok(Err(e)) => Err(self.failed(ForwardError::Unreachable(error_chain(&e)))),
+            Err(_) => Err(self.failed(ForwardError::Timeout(self.timeout))),
+        }
+    }
+
+    fn failed(&self, error: ForwardError) -> ForwardError {
         self.metrics
             .upstream_errors
-            .with_label_values(&[outcome.reason()])
+            .with_label_values(&[error.reason()])
             .inc();
-        Err(outcome)
+        error
     }
 
     /// Forwards a push: the exact bytes the client sent.
@@ -312,10 +397,86 @@ impl Forwarder {
             Method::POST,
             path_and_query,
             headers,
-            reqwest::Body::from(body),
+            body,
             false,
         )
         .await
+    }
+}
+
+/// An error and its causes on one line ("client error (Connect): tcp connect error: …").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that fails when the next piece takes longer than `idle` to arrive (the
+    /// bound reqwest's `read_timeout` gave). The timer is only armed while a read is pending,
+    /// so an empty or already-received body costs nothing.
+    struct IdleTimeout {
+        #[pin]
+        inner: Incoming,
+        idle: Duration,
+        #[pin]
+        sleep: Option<tokio::time::Sleep>,
+    }
+}
+
+impl IdleTimeout {
+    fn new(inner: Incoming, idle: Duration) -> Self {
+        IdleTimeout {
+            inner,
+            idle,
+            sleep: None,
+        }
+    }
+}
+
+impl http_body::Body for IdleTimeout {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.sleep.set(None);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                if this.sleep.is_none() {
+                    this.sleep.set(Some(tokio::time::sleep(*this.idle)));
+                }
+                let sleep = this.sleep.as_pin_mut().expect("armed above");
+                match sleep.poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(format!(
+                        "upstream sent no body data for {}",
+                        humantime::format_duration(*this.idle)
+                    )
+                    .into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -349,31 +510,35 @@ mod tests {
     }
 
     #[test]
-    fn upstream_url_keeps_the_base_prefix_and_the_query_as_sent() {
-        let forwarder = |base: &str| {
-            let mut config = crate::config::Config::default_config();
-            config.upstream_url = reqwest::Url::parse(base).unwrap();
-            Forwarder::try_new(
-                &config,
-                ProxyMetrics::register(&prometheus::Registry::new(), 1),
-            )
-            .unwrap()
-        };
-        let plain = forwarder("http://127.0.0.1:3100");
+    fn upstream_uri_keeps_the_base_prefix_and_the_query_as_sent() {
+        let target = |base: &str| Target::new(&reqwest::Url::parse(base).unwrap()).unwrap();
+        let plain = target("http://127.0.0.1:3100");
         assert_eq!(
-            plain.url_for("/loki/api/v1/push").as_str(),
+            plain.uri_for("/loki/api/v1/push").unwrap().to_string(),
             "http://127.0.0.1:3100/loki/api/v1/push"
         );
+        assert!(plain.basic_auth.is_none());
         let q = "/loki/api/v1/query_range?query=%7Bjob%3D%22a%22%7D%20%7C%3D%20%22x%22&limit=5";
         assert_eq!(
-            plain.url_for(q).as_str(),
+            plain.uri_for(q).unwrap().to_string(),
             format!("http://127.0.0.1:3100{q}")
         );
-        let prefixed = forwarder("https://user:pw@loki.example:8443/tenant-a/");
+        // Userinfo leaves the URI and becomes Basic credentials (percent-decoded).
+        let prefixed = target("https://us%40er:p%3Aw@loki.example:8443/tenant-a/");
         assert_eq!(
-            prefixed.url_for("/loki/api/v1/push?x=1").as_str(),
-            "https://user:pw@loki.example:8443/tenant-a/loki/api/v1/push?x=1"
+            prefixed
+                .uri_for("/loki/api/v1/push?x=1")
+                .unwrap()
+                .to_string(),
+            "https://loki.example:8443/tenant-a/loki/api/v1/push?x=1"
         );
+        use base64::Engine as _;
+        let auth = prefixed.basic_auth.as_ref().unwrap().to_str().unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(auth.strip_prefix("Basic ").unwrap())
+            .unwrap();
+        assert_eq!(decoded, b"us@er:p:w");
+        assert!(prefixed.basic_auth.as_ref().unwrap().is_sensitive());
     }
 
     #[test]

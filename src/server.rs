@@ -95,7 +95,7 @@ async fn proxy(State(app): State<App>, mut request: Request) -> Response {
             method,
             &path_and_query,
             &parts.headers,
-            body.into(),
+            body,
             wants_upgrade,
         )
         .await;
@@ -148,7 +148,7 @@ fn upgrade_response(
             return;
         };
         let mut client = TokioIo::new(client);
-        let mut upstream = upstream;
+        let mut upstream = TokioIo::new(upstream);
         if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
             tracing::debug!(error = %e, "upgraded connection closed");
         }

@@ -60,6 +60,10 @@ pub struct UpstreamTls {
     roots: Vec<reqwest::Certificate>,
     #[cfg(feature = "tls")]
     identity: Option<reqwest::Identity>,
+    /// The same trust and identity for the forwarder's own connector; `None` when
+    /// `upstream.tls` is not set (the platform's roots, as reqwest trusts by default).
+    #[cfg(feature = "tls")]
+    rustls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for UpstreamTls {
@@ -147,6 +151,51 @@ impl ServerTls {
     }
 }
 
+/// Builds a client configuration: only `ca` trusted when it is not empty (else the platform
+/// verifier), presenting `identity` when given.
+#[cfg(feature = "tls")]
+fn client_config(
+    ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+    identity: Option<(
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
+) -> Result<rustls::ClientConfig, ConfigError> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+
+    crate::http::install_crypto_provider();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ConfigError::new("upstream.tls", e.to_string()))?;
+    let builder = if ca.is_empty() {
+        builder
+            .with_platform_verifier()
+            .map_err(|e| ConfigError::new("upstream.tls", format!("system roots: {e}")))?
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in ca {
+            roots.add(cert).map_err(|e| {
+                ConfigError::new(
+                    "upstream.tls.ca_file",
+                    format!("unusable CA certificate: {e}"),
+                )
+            })?;
+        }
+        builder.with_root_certificates(roots)
+    };
+    match identity {
+        Some((certs, key)) => builder.with_client_auth_cert(certs, key).map_err(|e| {
+            ConfigError::new(
+                "upstream.tls.key_file",
+                format!("does not fit upstream.tls.cert_file: {e}"),
+            )
+        }),
+        None => Ok(builder.with_no_client_auth()),
+    }
+}
+
 impl UpstreamTls {
     /// Loads the CA bundle and client identity of `upstream.tls`.
     ///
@@ -159,9 +208,22 @@ impl UpstreamTls {
         }
         #[cfg(feature = "tls")]
         {
+            use rustls::pki_types::pem::PemObject;
+            use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
             let mut out = UpstreamTls::default();
+            let mut ca = Vec::new();
+            let mut identity = None;
             if let Some(path) = &cfg.ca_file {
                 let pem = read("upstream.tls.ca_file", path)?;
+                ca = CertificateDer::pem_slice_iter(&pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        ConfigError::new(
+                            "upstream.tls.ca_file",
+                            format!("{}: not a PEM certificate bundle ({e})", path.display()),
+                        )
+                    })?;
                 out.roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
                     ConfigError::new(
                         "upstream.tls.ca_file",
@@ -180,7 +242,7 @@ impl UpstreamTls {
                     let mut pem = read("upstream.tls.cert_file", cert)?;
                     pem.push(b'\n');
                     pem.extend(read("upstream.tls.key_file", key)?);
-                    out.identity = Some(reqwest::Identity::from_pem(&pem).map_err(|_| {
+                    let mismatch = || {
                         ConfigError::new(
                             "upstream.tls.cert_file",
                             format!(
@@ -189,7 +251,14 @@ impl UpstreamTls {
                                 key.display()
                             ),
                         )
-                    })?);
+                    };
+                    out.identity = Some(reqwest::Identity::from_pem(&pem).map_err(|_| mismatch())?);
+                    // Never echo the key file's content.
+                    let certs = CertificateDer::pem_slice_iter(&pem)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|_| mismatch())?;
+                    let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|_| mismatch())?;
+                    identity = Some((certs, key));
                 }
                 (None, None) => {}
                 (Some(_), None) => {
@@ -205,11 +274,25 @@ impl UpstreamTls {
                     ))
                 }
             }
+            out.rustls = Some(Arc::new(client_config(ca, identity)?));
             Ok(out)
         }
         #[cfg(not(feature = "tls"))]
         {
             Err(not_built("upstream.tls"))
+        }
+    }
+
+    /// Returns the rustls client configuration for the forwarder's connector: `upstream.tls`'s
+    /// roots and identity when set, else the platform verifier (what reqwest trusts by default).
+    ///
+    /// # Errors
+    /// When the platform verifier cannot be initialised.
+    #[cfg(feature = "tls")]
+    pub fn rustls_config(&self) -> anyhow::Result<rustls::ClientConfig> {
+        match &self.rustls {
+            Some(c) => Ok(rustls::ClientConfig::clone(c)),
+            None => Ok(client_config(Vec::new(), None)?),
         }
     }
 

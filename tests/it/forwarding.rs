@@ -123,6 +123,39 @@ async fn legacy_push_path_and_query_string_are_kept() {
     assert_eq!(got.body, promtail_fixture());
 }
 
+/// A hosted Loki is often given as `https://user:token@host/prefix`: the credentials go as Basic
+/// auth (unless the agent sent its own), the prefix stays in front of the client's path.
+#[tokio::test]
+async fn upstream_userinfo_becomes_basic_auth_and_the_base_path_is_kept() {
+    let loki = FakeLoki::start().await;
+    let upstream = format!("http://tenant%2D7:s3cr%40t@{}/gateway/", loki.addr);
+    let proxy = Proxy::start("", &upstream, Arc::new(CountOnly)).await;
+    let push = |auth: Option<&'static str>| {
+        let mut req = client()
+            .post(proxy.url("/loki/api/v1/push?x=1"))
+            .header("content-type", "application/x-protobuf")
+            .body(promtail_fixture());
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send()
+    };
+    assert_eq!(push(None).await.unwrap().status(), 204);
+    assert_eq!(push(Some("Bearer agent-own")).await.unwrap().status(), 204);
+    let got = loki.requests();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].uri.path(), "/gateway/loki/api/v1/push");
+    assert_eq!(got[0].uri.query(), Some("x=1"));
+    // base64("tenant-7:s3cr@t")
+    assert_eq!(
+        got[0].headers["authorization"],
+        "Basic dGVuYW50LTc6czNjckB0"
+    );
+    assert_eq!(got[1].headers["authorization"], "Bearer agent-own");
+    assert_eq!(got[0].body, promtail_fixture());
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn loki_status_body_and_content_type_pass_through() {
     let loki = FakeLoki::start().await;
@@ -206,6 +239,51 @@ async fn unreachable_loki_is_502_and_stalled_loki_is_504() {
         started.elapsed() < Duration::from_secs(5),
         "504 must come at the timeout, not later"
     );
+}
+
+/// A Loki that sends its headers and then stops mid-body does not hold the client forever: the
+/// body fails after `upstream.timeout` without data, and the client sees an incomplete answer.
+#[tokio::test]
+async fn a_body_that_stalls_mid_way_is_cut_after_the_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let loki = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let _ = conn.read(&mut buf).await.unwrap();
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"status\":")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let proxy = Proxy::start(
+        "upstream:\n  timeout: 300ms\n",
+        &format!("http://{addr}"),
+        Arc::new(CountOnly),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let resp = client()
+        .get(proxy.url("/loki/api/v1/labels"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "Loki's status goes out as soon as it arrives"
+    );
+    assert!(
+        resp.bytes().await.is_err(),
+        "a cut body must not look complete"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cut at the timeout, not later"
+    );
+    loki.abort();
+    proxy.stop().await;
 }
 
 #[tokio::test]
