@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use std::future::Future as _;
 
+use crate::body::{Chunks, ChunksBody};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -188,7 +188,7 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 type Connector = HttpConnector;
 
 /// A pooled HTTP/1.1 (or h2) client to Loki.
-type Pool = Client<Connector, Full<Bytes>>;
+type Pool = Client<Connector, ChunksBody>;
 
 /// Sends requests to Loki over pooled connections, with hyper's client directly: per request
 /// it only builds the URI and copies the end-to-end headers (no URL parsing, no header-map
@@ -326,10 +326,10 @@ impl Forwarder {
         method: Method,
         path_and_query: &str,
         headers: &HeaderMap,
-        body: Bytes,
+        body: Chunks,
         upgrade: bool,
     ) -> Result<UpstreamResponse, ForwardError> {
-        let mut request = http::Request::new(Full::new(body));
+        let mut request = http::Request::new(body.into_body());
         *request.method_mut() = method;
         *request.uri_mut() = match self.target.uri_for(path_and_query) {
             Ok(uri) => uri,
@@ -390,7 +390,7 @@ impl Forwarder {
         &self,
         path_and_query: &str,
         headers: &HeaderMap,
-        body: Bytes,
+        body: Chunks,
     ) -> Result<UpstreamResponse, ForwardError> {
         self.send(
             Route::Push,

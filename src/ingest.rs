@@ -5,10 +5,10 @@
 //! on a bounded queue. A batch the client will resend (429, 5xx, our own 502/504) is not
 //! inspected, so a retried batch is inspected exactly once, when it is finally accepted.
 
+use crate::body::Chunks;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::StatusCode;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -80,7 +80,8 @@ impl IntoResponse for BodyError {
 }
 
 /// Reads a whole request body, refusing more than `limit` bytes (checked against
-/// `Content-Length` first, so an oversized push is refused before it is read).
+/// `Content-Length` first, so an oversized push is refused before it is read). The chunks are
+/// kept as read (see [`crate::body`]); trailers are dropped.
 ///
 /// # Errors
 /// [`BodyError::TooLarge`] over the cap, [`BodyError::Timeout`] when the client is too slow,
@@ -90,7 +91,7 @@ pub async fn read_body_capped(
     body: Body,
     limit: usize,
     timeout: std::time::Duration,
-) -> Result<Bytes, BodyError> {
+) -> Result<Chunks, BodyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -98,12 +99,21 @@ pub async fn read_body_capped(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(BodyError::TooLarge { limit });
     }
-    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
-    let Ok(collected) = collected else {
+    let read = async {
+        let mut body = Limited::new(body, limit);
+        let mut chunks = Chunks::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                chunks.push(data);
+            }
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(chunks)
+    };
+    let Ok(read) = tokio::time::timeout(timeout, read).await else {
         return Err(BodyError::Timeout);
     };
-    match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
+    match read {
+        Ok(chunks) => Ok(chunks),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             Err(BodyError::TooLarge { limit })
         }
@@ -149,7 +159,7 @@ pub async fn push(State(app): State<App>, request: Request) -> Response {
         let path_and_query = parts.uri.path_and_query().map_or(parts.uri.path(), |pq| pq.as_str());
         let forwarded = app
             .forwarder()
-            .push(path_and_query, &parts.headers, body.clone()) // Bytes clone: a refcount
+            .push(path_and_query, &parts.headers, body.clone()) // shares the chunks
             .instrument(tracing::info_span!("forward"))
             .await;
         let response = match forwarded {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytes::Bytes;
+use crate::body::Chunks;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::time::Instant;
 
@@ -42,8 +42,8 @@ pub struct Inspection {
     pub content_encoding: Option<String>,
     /// Which push API the request came in on.
     pub api: PushApi,
-    /// The body exactly as forwarded.
-    pub body: Bytes,
+    /// The body exactly as forwarded, in the chunks it was read in (joined by the worker).
+    pub body: Chunks,
     /// The push's span, so the inspection is traced as its child.
     pub span: tracing::Span,
 }
@@ -299,7 +299,8 @@ pub fn inspect_one(
         api: job.api,
     };
     let tenant_label = metrics.tenants.label(&job.tenant);
-    let result = decode::with_decoded(&job.body, meta, limits, |view| {
+    let body = job.body.to_contiguous();
+    let result = decode::with_decoded(&body, meta, limits, |view| {
         metrics
             .push_streams
             .with_label_values(&[tenant_label])

@@ -18,6 +18,7 @@
 
 pub mod analyze;
 pub mod auth;
+pub mod body;
 pub mod config;
 pub mod decode;
 pub mod detect;
