@@ -1,17 +1,15 @@
 //! Forward: sends requests to Loki unchanged and turns Loki's answer into ours, unchanged.
 //!
-//! Receives the client's method, path, end-to-end headers and body (the original bytes for a
-//! push, a stream for everything else). Emits Loki's status, headers and body, streamed back.
-//! Owns the pooled upstream client. Hop-by-hop headers are dropped in both directions
+//! Receives the client's method, path, end-to-end headers and body (the bytes as read, in the
+//! chunks they were read in). Emits Loki's status, headers and body, streamed back. Owns the
+//! pooled upstream clients (hyper's, one pool per serving thread). Hop-by-hop headers are dropped in both directions
 //! (RFC 9110 §7.6.1); nothing else is added or changed. When Loki does not answer, the error
 //! becomes 502 (unreachable) or 504 (too slow): both make Promtail and Alloy retry, so nothing
 //! is lost.
 
+use std::future::Future as _;
 use std::time::Duration;
 
-use std::future::Future as _;
-
-use crate::body::{Chunks, ChunksBody};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -23,6 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
+use crate::body::{Chunks, ChunksBody};
 use crate::config::Config;
 use crate::metrics::ProxyMetrics;
 
