@@ -93,37 +93,44 @@ impl IntoResponse for ForwardError {
     }
 }
 
-/// The headers that describe a single connection, never forwarded (RFC 9110 §7.6.1), plus the
-/// ones the HTTP client sets itself for the new connection.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-];
+/// Returns true for the headers that describe a single connection, never forwarded (RFC 9110
+/// §7.6.1), and the ones the HTTP client sets itself for the new connection (`Host`,
+/// `Content-Length`). Standard names compare as constants, not as strings: this runs for every
+/// header of every request and response.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::HOST,
+        header::CONTENT_LENGTH,
+    ]
+    .contains(name)
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+}
 
 /// Copies the end-to-end headers: drops hop-by-hop ones and any named in `Connection`.
 pub fn end_to_end_headers(headers: &HeaderMap) -> HeaderMap {
-    let named_in_connection: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
-        if HOP_BY_HOP.contains(&name.as_str()) || named_in_connection.contains(name) {
-            continue;
+        if !is_hop_by_hop(name) {
+            out.append(name.clone(), value.clone());
         }
-        out.append(name.clone(), value.clone());
+    }
+    // Headers a `Connection` header names are hop-by-hop too (rare: agents seldom send one).
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for named in value.split(',') {
+            if let Ok(named) = HeaderName::from_bytes(named.trim().as_bytes()) {
+                if !is_hop_by_hop(&named) {
+                    out.remove(named);
+                }
+            }
+        }
     }
     out
 }
