@@ -375,7 +375,7 @@ impl Forwarder {
                 })
             }
             // hyper's errors name no URL, so the upstream's credentials cannot reach the log.
-            Ok(Err(e)) => Err(self.failed(ForwardError::Unreachable(error_chain(&e)))),
+            Ok(Err(e)) => Err(self.failed(ForwardError::Unreachable(crate::error_chain(&e)))),
             Err(_) => Err(self.failed(ForwardError::Timeout(self.timeout))),
         }
     }
@@ -408,18 +408,6 @@ impl Forwarder {
         )
         .await
     }
-}
-
-/// An error and its causes on one line ("client error (Connect): tcp connect error: …").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 pin_project_lite::pin_project! {

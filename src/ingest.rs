@@ -5,7 +5,6 @@
 //! on a bounded queue. A batch the client will resend (429, 5xx, our own 502/504) is not
 //! inspected, so a retried batch is inspected exactly once, when it is finally accepted.
 
-use crate::body::Chunks;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +13,7 @@ use http::StatusCode;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tracing::Instrument;
 
+use crate::body::Chunks;
 use crate::decode::PushApi;
 use crate::inspect::Inspection;
 use crate::App;

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::body::Chunks;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::time::Instant;
 
+use crate::body::Chunks;
 use crate::decode::{self, DecodeLimits, PushApi, PushMeta, PushView};
 use crate::metrics::ProxyMetrics;
 

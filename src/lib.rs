@@ -373,3 +373,16 @@ pub async fn serve(
     tracing::info!("stopped");
     Ok(())
 }
+
+/// Formats an error and its causes on one line ("client error (Connect): tcp connect error:
+/// Connection refused"), for logs: the outer message alone often hides the reason.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

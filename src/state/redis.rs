@@ -536,7 +536,7 @@ impl SharedState {
             tracing::warn!(
                 redis = %redact(&inner.cfg.redis_url),
                 reason = e.reason(),
-                error = %error_chain(e),
+                error = %crate::error_chain(e),
                 "shared state degraded, detection falls back to local windows"
             );
         }
@@ -730,15 +730,4 @@ fn default_replica_id() -> String {
     let host = if host.is_empty() { "logwarden" } else { &host };
     let n = INSTANCE.fetch_add(1, Ordering::Relaxed);
     format!("{host}-{}-{n}", std::process::id())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
