@@ -284,9 +284,10 @@ impl Forwarder {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(up.connect_timeout));
         http.set_nodelay(true);
-        http.enforce_http(false);
         #[cfg(feature = "tls")]
         let connector = {
+            // The TLS layer in front of it decides by scheme.
+            http.enforce_http(false);
             let builder = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(config.upstream_tls.rustls_config()?)
                 .https_or_http();
