@@ -194,16 +194,42 @@ fn engine_passes(detector: &Detector, view: &PushView<'_>, n: usize) -> usize {
     incidents.load(Ordering::Relaxed)
 }
 
+/// `n` decodes (snappy + protobuf) of `body`: what callgrind measures with `--decode-passes`.
+#[inline(never)]
+fn decode_passes(body: &[u8], n: usize) -> usize {
+    let meta = PushMeta {
+        content_type: Some("application/x-protobuf"),
+        content_encoding: None,
+        api: PushApi::V1,
+    };
+    let mut entries = 0;
+    for _ in 0..n {
+        entries += with_decoded(body, meta, DecodeLimits::default(), |v| v.entry_count()).unwrap();
+    }
+    entries
+}
+
 /// `--passes KIND N` (KIND: a, b or c): one warm-up pass, then `N` passes in
 /// [`engine_passes`], for instruction counts that do not depend on the machine's load:
 /// `valgrind --tool=callgrind --toggle-collect='*engine_passes*' … -- --passes a 4`.
-fn passes(kind: &str, n: usize) {
+/// `--decode-passes KIND N` does the same for decoding, in [`decode_passes`].
+fn passes(kind: &str, n: usize, decode: bool) {
     let every = match kind {
         "a" => 0,
         "b" => 8,
         _ => 1,
     };
     let lines = lines(every);
+    if decode {
+        let pb = body(&lines);
+        decode_passes(&pb, 1);
+        let entries = decode_passes(&pb, n);
+        println!(
+            "{kind}: {} lines, {n} decode passes, {entries} entries",
+            lines.len()
+        );
+        return;
+    }
     let view = push(&lines);
     let detector =
         Detector::try_new(&DetectConfig::default(), &prometheus::Registry::new()).unwrap();
@@ -223,10 +249,13 @@ fn main() {
         memory_per_key();
         return;
     }
-    if let Some(i) = args.iter().position(|a| a == "--passes") {
+    if let Some(i) = args
+        .iter()
+        .position(|a| a == "--passes" || a == "--decode-passes")
+    {
         let kind = args.get(i + 1).map_or("a", String::as_str);
         let n = args.get(i + 2).and_then(|n| n.parse().ok()).unwrap_or(4);
-        passes(kind, n);
+        passes(kind, n, args[i] == "--decode-passes");
         return;
     }
     benches();

@@ -50,8 +50,35 @@ impl<'a> Reader<'a> {
         self.pos >= self.buf.len()
     }
 
-    #[inline]
+    /// Reads a varint. Tags, small lengths and most timestamps' nanoseconds fit in one byte,
+    /// which is read inline; longer ones take [`Reader::varint_long`].
+    #[inline(always)]
     fn varint(&mut self) -> Scan<u64> {
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.varint_long()
+    }
+
+    #[inline(never)]
+    fn varint_long(&mut self) -> Scan<u64> {
+        // With ten bytes left (all but the message's last few varints), a fixed-size window:
+        // no bounds check per byte, and the loop unrolls.
+        if let Some(window) = self.buf.get(self.pos..self.pos + 10) {
+            let window: &[u8; 10] = window.try_into().expect("ten bytes");
+            let mut value = 0u64;
+            for (i, &b) in window.iter().enumerate() {
+                value |= u64::from(b & 0x7f) << (7 * i);
+                if b < 0x80 {
+                    self.pos += i + 1;
+                    return Ok(value);
+                }
+            }
+            return err("varint longer than 10 bytes");
+        }
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
             let b = *self
