@@ -15,8 +15,11 @@ fn pb_meta() -> PushMeta<'static> {
     }
 }
 
+/// One stream's entries, owned: (timestamp, line, structured metadata).
+type OwnedEntries = Vec<(i64, Vec<u8>, Vec<(String, Vec<u8>)>)>;
+
 /// An owned copy of a view, to compare decodes of different encodings.
-type Owned = Vec<(String, Vec<(i64, Vec<u8>, Vec<(String, Vec<u8>)>)>)>;
+type Owned = Vec<(String, OwnedEntries)>;
 
 fn owned(v: &PushView<'_>) -> Owned {
     v.streams
@@ -407,7 +410,7 @@ proptest::proptest! {
     ) {
         // Loki's timestamps are (seconds, nanos in 0..1e9): keep the nanosecond value in range
         // of that split so it survives the round trip.
-        let streams: Vec<Vec<(i64, Vec<u8>, Vec<(String, Vec<u8>)>)>> = streams
+        let streams: Vec<OwnedEntries> = streams
             .into_iter()
             .map(|entries| {
                 entries
