@@ -68,14 +68,6 @@ impl Chunks {
     }
 }
 
-impl From<Bytes> for Chunks {
-    fn from(bytes: Bytes) -> Chunks {
-        let mut c = Chunks::new();
-        c.push(bytes);
-        c
-    }
-}
-
 /// [`Chunks`] as an outgoing HTTP body: one data frame per chunk, exact size hint (so the
 /// request carries `Content-Length`, like the client's).
 #[derive(Debug)]
@@ -146,7 +138,8 @@ mod tests {
     #[test]
     fn one_chunk_is_shared_not_copied() {
         let bytes = Bytes::from(vec![7u8; 4096]);
-        let c = Chunks::from(bytes.clone());
+        let mut c = Chunks::new();
+        c.push(bytes.clone());
         assert_eq!(c.to_contiguous().as_ptr(), bytes.as_ptr());
     }
 }
