@@ -1139,6 +1139,7 @@ impl Batch<'_> {
             line: kept_line,
             labels: &self.labels,
             value: value.as_deref(),
+            always_keep: self.deltas.is_some(),
         };
         let value_hash = value
             .as_deref()

@@ -32,6 +32,9 @@ pub struct NewSample<'a> {
     pub labels: &'a Arc<BTreeMap<String, String>>,
     /// The distinct field's value, for distinct rules.
     pub value: Option<&'a str>,
+    /// Keep the line even where this replica's window cannot fire before the ring drops it
+    /// (with shared state, the cluster-wide window may fire on it).
+    pub always_keep: bool,
 }
 
 /// A matching line kept as evidence.
@@ -138,7 +141,21 @@ impl KeyState {
             (Window::Distinct(_), None) => return Outcome::Counted,
         };
         self.newest_ms = self.newest_ms.max(t_ms);
-        if samples_per_key > 0 {
+        // A count window with `in_window` events cannot reach the threshold within the next
+        // `samples_per_key - 1` matches when `in_window + samples_per_key <= threshold`, and by
+        // then this line has left the ring: keeping it would be a copy no incident ever shows.
+        // (A request-flood rule counts every access line; most keys never get near firing.)
+        let unseen = match recorded {
+            Recorded::Counted { in_window, .. } => {
+                !new.always_keep
+                    && self.open.is_none()
+                    && matches!(self.window, Window::Count(_))
+                    && (in_window as usize).saturating_add(samples_per_key)
+                        <= rule.spec.threshold as usize
+            }
+            Recorded::Late => false,
+        };
+        if samples_per_key > 0 && !unseen {
             // Reuse the oldest sample's buffer (and its labels, when they are the same) once the
             // ring is full.
             let oldest = if self.samples.len() >= samples_per_key {
@@ -160,8 +177,12 @@ impl KeyState {
                 value: new.value.map(Into::into),
             };
             // Keep samples in event-time order so the newest evidence is last.
-            let at = self.samples.partition_point(|s| s.ts_ns <= kept.ts_ns);
-            self.samples.insert(at, kept);
+            if self.samples.back().is_none_or(|s| s.ts_ns <= kept.ts_ns) {
+                self.samples.push_back(kept);
+            } else {
+                let at = self.samples.partition_point(|s| s.ts_ns <= kept.ts_ns);
+                self.samples.insert(at, kept);
+            }
         }
         let fires = recorded.fires();
         let late = matches!(recorded, Recorded::Late);

@@ -505,3 +505,49 @@ fn pushes_and_single_lines_give_the_same_incidents() {
     assert_eq!(matches(&r1), matches(&r2));
     assert!(matches(&r1).len() >= 5, "{:?}", matches(&r1));
 }
+
+/// A count rule whose threshold is far above the sample ring (as the request-flood rule's).
+const HIGH_THRESHOLD: &str = r#"
+rules:
+  - id: test-many
+    severity: medium
+    match:
+      any: ["hit from"]
+      regex: ['hit from (?P<ip>\S+)']
+    key: ip
+    aggregate: { threshold: 12, window: 10s, cooldown: 15s }
+"#;
+
+proptest::proptest! {
+    /// Lines that cannot be among an incident's samples are not copied into the ring (the
+    /// window is too far below the threshold for them to survive until it fires), yet every
+    /// incident still carries exactly the newest `samples_per_key` matching lines.
+    #[test]
+    fn incidents_carry_the_newest_lines_whatever_the_window_skipped(
+        gaps_ms in proptest::collection::vec(
+            proptest::prop_oneof![4 => 0i64..900, 1 => 900i64..6_000], 1..120),
+        batch_every in 1usize..9,
+    ) {
+        let file = rules_file(HIGH_THRESHOLD);
+        let cfg = DetectConfig { samples_per_key: 4, ..config(&file) };
+        let d = Detector::try_new(&cfg, &prometheus::Registry::new()).unwrap();
+        let mut t = T0;
+        let mut fed: Vec<String> = Vec::new();
+        for chunk in gaps_ms.chunks(batch_every) {
+            let out = Mutex::new(Vec::new());
+            let mut b = d.batch("tenant-a");
+            for gap in chunk {
+                t += gap * 1_000_000;
+                let line = format!("hit from 203.0.113.9 seq={}", fed.len());
+                b.line(t, line.as_bytes(), &mut |_| {});
+                fed.push(line);
+            }
+            b.flush(&|i: Incident| out.lock().unwrap().push(i));
+            for inc in out.into_inner().unwrap() {
+                let got: Vec<&str> = inc.samples.iter().map(|s| s.line.as_str()).collect();
+                let want: Vec<&str> = fed[fed.len().saturating_sub(4)..].iter().map(String::as_str).collect();
+                proptest::prop_assert_eq!(got, want);
+            }
+        }
+    }
+}
