@@ -1106,6 +1106,14 @@ impl Batch<'_> {
                         key_ok = false;
                     }
                 }
+                // Printable ASCII of at most 128 bytes (nearly every value) is copied as it is.
+                Some(v)
+                    if !v.is_empty()
+                        && v.len() <= 128
+                        && v.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
+                {
+                    self.key_buf.push_str(&v)
+                }
                 Some(v) if !v.is_empty() => self
                     .key_buf
                     .extend(v.chars().filter(|c| !c.is_control()).take(128)),

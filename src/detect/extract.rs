@@ -375,24 +375,36 @@ pub fn parse_syslog(line: &str) -> Option<SyslogHeader<'_>> {
     let mut s = line;
     // <PRI> and RFC 5424 version.
     if s.starts_with('<') {
-        let close = s.find('>')?;
+        let close = find_byte(b'>', s.as_bytes())?;
         s = &s[close + 1..];
         if let Some(rest) = s.strip_prefix("1 ") {
             return parse_rfc5424(rest);
         }
     }
     s = skip_timestamp(s);
-    let (host, rest) = s.split_once(' ')?;
-    let rest = rest.trim_start();
-    let colon = rest
-        .find(": ")
-        .or_else(|| rest.strip_suffix(':').map(|r| r.len()))?;
+    let sp = find_byte(b' ', s.as_bytes())?;
+    let host = &s[..sp];
+    let rest = s[sp + 1..].trim_start();
+    // The tag runs to the first `: ` (or a `:` that ends the line) and holds no space.
+    let rb = rest.as_bytes();
+    let mut colon = None;
+    for (i, &c) in rb.iter().enumerate() {
+        match c {
+            b' ' => return None,
+            b':' if rb.get(i + 1).is_none_or(|&n| n == b' ') => {
+                colon = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let colon = colon?;
     let tag = &rest[..colon];
-    if tag.is_empty() || tag.contains(' ') || host.is_empty() {
+    if tag.is_empty() || host.is_empty() {
         return None;
     }
-    let (program, pid) = match tag.split_once('[') {
-        Some((p, pid)) => (p, pid.trim_end_matches(']')),
+    let (program, pid) = match find_byte(b'[', tag.as_bytes()) {
+        Some(open) => (&tag[..open], tag[open + 1..].trim_end_matches(']')),
         None => (tag, ""),
     };
     let message = rest.get(colon + 2..).unwrap_or("");
@@ -453,18 +465,19 @@ fn skip_timestamp(s: &str) -> &str {
     if b.len() > 16 && month_index(&b[..3]).is_some() && b[3] == b' ' {
         // "Mmm dd hh:mm:ss " or "Mmm  d hh:mm:ss " or "Mmm d hh:mm:ss "
         let rest = s[4..].trim_start();
-        if let Some((_day, rest)) = rest.split_once(' ') {
-            if let Some((hms, rest)) = rest.split_once(' ') {
-                if hms.len() >= 8 && hms.as_bytes()[2] == b':' {
-                    return rest;
+        if let Some(day) = find_byte(b' ', rest.as_bytes()) {
+            let rest = &rest[day + 1..];
+            if let Some(end) = find_byte(b' ', rest.as_bytes()) {
+                if end >= 8 && rest.as_bytes()[2] == b':' {
+                    return &rest[end + 1..];
                 }
             }
         }
         return s;
     }
     if b.len() > 20 && b[4] == b'-' && b[7] == b'-' && b[10] == b'T' {
-        if let Some((_, rest)) = s.split_once(' ') {
-            return rest;
+        if let Some(sp) = find_byte(b' ', b) {
+            return &s[sp + 1..];
         }
     }
     s
@@ -800,9 +813,109 @@ fn json_time(s: &str) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    /// The header parser as it was written first, with `str` searches: the oracle for the
+    /// byte-level one.
+    fn parse_syslog_before(line: &str) -> Option<SyslogHeader<'_>> {
+        let mut s = line;
+        // <PRI> and RFC 5424 version.
+        if s.starts_with('<') {
+            let close = s.find('>')?;
+            s = &s[close + 1..];
+            if let Some(rest) = s.strip_prefix("1 ") {
+                return parse_rfc5424(rest);
+            }
+        }
+        s = skip_timestamp_before(s);
+        let (host, rest) = s.split_once(' ')?;
+        let rest = rest.trim_start();
+        let colon = rest
+            .find(": ")
+            .or_else(|| rest.strip_suffix(':').map(|r| r.len()))?;
+        let tag = &rest[..colon];
+        if tag.is_empty() || tag.contains(' ') || host.is_empty() {
+            return None;
+        }
+        let (program, pid) = match tag.split_once('[') {
+            Some((p, pid)) => (p, pid.trim_end_matches(']')),
+            None => (tag, ""),
+        };
+        let message = rest.get(colon + 2..).unwrap_or("");
+        Some(SyslogHeader {
+            host,
+            program,
+            pid,
+            message,
+        })
+    }
+
+    fn skip_timestamp_before(s: &str) -> &str {
+        let b = s.as_bytes();
+        if b.len() > 16 && month_index(&b[..3]).is_some() && b[3] == b' ' {
+            // "Mmm dd hh:mm:ss " or "Mmm  d hh:mm:ss " or "Mmm d hh:mm:ss "
+            let rest = s[4..].trim_start();
+            if let Some((_day, rest)) = rest.split_once(' ') {
+                if let Some((hms, rest)) = rest.split_once(' ') {
+                    if hms.len() >= 8 && hms.as_bytes()[2] == b':' {
+                        return rest;
+                    }
+                }
+            }
+            return s;
+        }
+        if b.len() > 20 && b[4] == b'-' && b[7] == b'-' && b[10] == b'T' {
+            if let Some((_, rest)) = s.split_once(' ') {
+                return rest;
+            }
+        }
+        s
+    }
     use super::*;
 
+    /// Pieces of syslog headers and of what goes wrong in them, for the header properties.
+    const SYSLOG_PIECES: &[&str] = &[
+        "<13>",
+        "<7",
+        "1 ",
+        "Mar",
+        "may",
+        "Jan ",
+        " ",
+        "  ",
+        "\t",
+        "7",
+        "17 ",
+        "18:53:20",
+        "18:53",
+        "2015-04-16T18:02:50.3Z",
+        "2024-05-14 ",
+        "host",
+        "web-1",
+        "sshd",
+        "[1556]",
+        "[",
+        "]",
+        ":",
+        ": ",
+        "::",
+        "kernel",
+        "Failed password",
+        "é",
+        "-",
+        "x",
+    ];
+
     proptest::proptest! {
+        /// The byte-level header parser gives exactly what the first, `str`-based one gave.
+        #[test]
+        fn syslog_header_parser_agrees_with_the_first_one(
+            pieces in proptest::collection::vec(proptest::sample::select(SYSLOG_PIECES), 0..14),
+        ) {
+            let line: String = pieces.concat();
+            let got = parse_syslog(&line).map(|h| (h.host, h.program, h.pid, h.message));
+            let want = parse_syslog_before(&line).map(|h| (h.host, h.program, h.pid, h.message));
+            proptest::prop_assert_eq!(got, want, "{:?}", line);
+        }
+
         /// The dotted-quad fast path accepts only what the standard parser accepts, with the
         /// same address, and every dotted quad the standard parser accepts.
         #[test]
