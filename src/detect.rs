@@ -675,6 +675,8 @@ impl Detector {
             none_gen: vec![0; n],
             touched: Vec::new(),
             hits: Vec::new(),
+            uri_buf: String::new(),
+            uri_scratch: extract::UriScratch::default(),
             key_buf: String::new(),
             ip_memo: IpMemo::default(),
             fired: Vec::new(),
@@ -771,6 +773,9 @@ pub struct Batch<'d> {
     touched: Vec<u32>,
     /// Prefilter pattern hits of the current line.
     hits: Vec<u32>,
+    /// The decoded URI's buffer and the buffers it is decoded through, reused line after line.
+    uri_buf: String,
+    uri_scratch: extract::UriScratch,
     key_buf: String,
     /// The last address parsed for a key (the rules that key by `ip` read the same one).
     ip_memo: IpMemo,
@@ -794,7 +799,9 @@ struct LineView<'t> {
     access: Option<Option<AccessLine<'t>>>,
     access_tail: &'t str,
     syslog: Option<Option<SyslogHeader<'t>>>,
-    uri_decoded: Option<String>,
+    /// The decoded URI once `uri_ready` (the buffer is the batch's, reused line after line).
+    uri_decoded: String,
+    uri_ready: bool,
 }
 
 impl<'t> LineView<'t> {
@@ -837,7 +844,9 @@ impl<'t> LineView<'t> {
             return Some(Cow::Borrowed(m));
         }
         if name == "uri_decoded" {
-            return self.uri_decoded.as_deref().map(Cow::Borrowed);
+            return self
+                .uri_ready
+                .then_some(Cow::Borrowed(self.uri_decoded.as_str()));
         }
         if let Some(Some(a)) = &self.access {
             let v = match name {
@@ -1005,7 +1014,8 @@ impl Batch<'_> {
             access: None,
             access_tail: "",
             syslog: None,
-            uri_decoded: None,
+            uri_decoded: std::mem::take(&mut self.uri_buf),
+            uri_ready: false,
         };
         let t_ms = ts_ns.div_euclid(1_000_000);
         let touched = std::mem::take(&mut self.touched);
@@ -1024,6 +1034,7 @@ impl Batch<'_> {
             }
         }
         self.regex_cache = cache;
+        self.uri_buf = view.uri_decoded;
         self.touched = touched;
         self.newest_ms = self.newest_ms.max(t_ms.min(self.clock_cap_ms));
     }
@@ -1064,12 +1075,16 @@ impl Batch<'_> {
         if rule.not_regexes.iter().any(|re| re.is_match(text)) {
             return;
         }
-        if rule.needs_uri_decoded && view.uri_decoded.is_none() {
-            let decoded = match view.get("uri", caps.as_ref(), &self.labels) {
-                Some(u) => extract::decode_uri(&u),
-                None => extract::decode_uri(""),
-            };
-            view.uri_decoded = Some(decoded);
+        if rule.needs_uri_decoded && !view.uri_ready {
+            let mut decoded = std::mem::take(&mut view.uri_decoded);
+            let uri = view.get("uri", caps.as_ref(), &self.labels);
+            extract::decode_uri_into(
+                uri.as_deref().unwrap_or(""),
+                &mut self.uri_scratch,
+                &mut decoded,
+            );
+            view.uri_decoded = decoded;
+            view.uri_ready = true;
         }
         for c in &rule.conditions {
             let pass = match view.get(&c.field.name, caps.as_ref(), &self.labels) {
@@ -1126,7 +1141,10 @@ impl Batch<'_> {
         let value = match &rule.distinct {
             Some(f) => view
                 .get(&f.name, caps.as_ref(), &self.labels)
-                .map(|v| truncate(&v, 256).to_owned()),
+                .map(|v| match v {
+                    Cow::Borrowed(v) => Cow::Borrowed(truncate(v, 256)),
+                    Cow::Owned(v) => Cow::Owned(truncate(&v, 256).to_owned()),
+                }),
             None => None,
         };
         self.matches[ri] += 1;

@@ -505,21 +505,43 @@ fn month_index(b: &[u8]) -> Option<u32> {
 /// Percent-decodes `s` (and `+` as space), twice so that double-encoded probes decode too,
 /// lower-cases the result and collapses SQL comments (`/**/`) to spaces. Invalid escapes stay.
 pub fn decode_uri(s: &str) -> String {
-    let once = percent_decode(s.as_bytes());
-    let twice = if once.contains(&b'%') {
-        percent_decode(&once)
-    } else {
-        once
-    };
-    let mut out = String::from_utf8_lossy(&twice).to_ascii_lowercase();
-    if out.contains("/*") {
-        out = out.replace("/**/", " ");
-    }
+    let mut out = String::new();
+    decode_uri_into(s, &mut UriScratch::default(), &mut out);
     out
 }
 
-fn percent_decode(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
+/// The buffers [`decode_uri_into`] decodes through, kept between lines.
+#[derive(Debug, Default)]
+pub struct UriScratch {
+    once: Vec<u8>,
+    twice: Vec<u8>,
+}
+
+/// [`decode_uri`] into `out` (cleared first), through buffers that are reused.
+pub fn decode_uri_into(s: &str, scratch: &mut UriScratch, out: &mut String) {
+    scratch.once.clear();
+    percent_decode(s.as_bytes(), &mut scratch.once);
+    let decoded = if scratch.once.contains(&b'%') {
+        scratch.twice.clear();
+        percent_decode(&scratch.once, &mut scratch.twice);
+        &scratch.twice
+    } else {
+        &scratch.once
+    };
+    out.clear();
+    match std::str::from_utf8(decoded) {
+        Ok(text) => out.push_str(text),
+        Err(_) => out.push_str(&String::from_utf8_lossy(decoded)),
+    }
+    out.make_ascii_lowercase();
+    if out.contains("/*") {
+        *out = out.replace("/**/", " ");
+    }
+}
+
+/// Appends the percent-decoding of `s` to `out`.
+fn percent_decode(s: &[u8], out: &mut Vec<u8>) {
+    out.reserve(s.len());
     let mut i = 0;
     while i < s.len() {
         match s[i] {
@@ -536,7 +558,6 @@ fn percent_decode(s: &[u8]) -> Vec<u8> {
         }
         i += 1;
     }
-    out
 }
 
 fn hex(b: u8) -> Option<u8> {

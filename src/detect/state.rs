@@ -47,7 +47,7 @@ pub struct KeptLine {
     /// The stream's labels.
     pub labels: Arc<BTreeMap<String, String>>,
     /// The distinct field's value (truncated), for distinct rules.
-    pub value: Option<Box<str>>,
+    pub value: Option<String>,
 }
 
 /// The state of one key of one rule.
@@ -163,18 +163,26 @@ impl KeyState {
             } else {
                 None
             };
-            let (mut buf, labels) = match oldest {
-                Some(old) if Arc::ptr_eq(&old.labels, new.labels) => (old.line, old.labels),
-                Some(old) => (old.line, Arc::clone(new.labels)),
-                None => (String::new(), Arc::clone(new.labels)),
+            let (mut buf, labels, old_value) = match oldest {
+                Some(old) if Arc::ptr_eq(&old.labels, new.labels) => {
+                    (old.line, old.labels, old.value)
+                }
+                Some(old) => (old.line, Arc::clone(new.labels), old.value),
+                None => (String::new(), Arc::clone(new.labels), None),
             };
             buf.clear();
             buf.push_str(new.line);
+            let value = new.value.map(|v| {
+                let mut kept = old_value.unwrap_or_default();
+                kept.clear();
+                kept.push_str(v);
+                kept
+            });
             let kept = KeptLine {
                 ts_ns: new.ts_ns,
                 line: buf,
                 labels,
-                value: new.value.map(Into::into),
+                value,
             };
             // Keep samples in event-time order so the newest evidence is last.
             if self.samples.back().is_none_or(|s| s.ts_ns <= kept.ts_ns) {
