@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use self::extract::{AccessLine, NetSet, SyslogHeader};
 use self::literals::LiteralSet;
-use self::rule::{ParserKind, Rule, RuleFile};
+use self::rule::{FieldKind, ParserKind, Rule, RuleFile};
 use self::state::{hash_bytes, hash_str, KeyMap, KeyState, NewSample, Outcome};
 use crate::decode::{labels::push_quoted, EntryView, Labels, PushView};
 use crate::incident::{EventTime, Incident, IncidentSink, Sample};
@@ -837,30 +837,31 @@ impl<'t> LineView<'t> {
     fn get<'s>(
         &'s self,
         name: &str,
+        kind: FieldKind,
         caps: Option<&Caps<'t, '_>>,
         labels: &'s BTreeMap<String, String>,
     ) -> Option<Cow<'s, str>> {
         if let Some(m) = caps.and_then(|c| c.name(name)) {
             return Some(Cow::Borrowed(m));
         }
-        if name == "uri_decoded" {
+        if kind == FieldKind::UriDecoded {
             return self
                 .uri_ready
                 .then_some(Cow::Borrowed(self.uri_decoded.as_str()));
         }
         if let Some(Some(a)) = &self.access {
-            let v = match name {
-                "ip" => Some(a.ip),
-                "user" => Some(a.user),
-                "method" => Some(a.method),
-                "path" => Some(a.path),
-                "query" => Some(a.query),
-                "status" => Some(a.status),
-                "referer" => Some(extract::parse_access_tail(self.access_tail).0),
-                "user_agent" => Some(extract::parse_access_tail(self.access_tail).1),
-                "vhost" => a.vhost,
-                "request" => Some(a.request),
-                "uri" => {
+            let v = match kind {
+                FieldKind::Ip => Some(a.ip),
+                FieldKind::User => Some(a.user),
+                FieldKind::Method => Some(a.method),
+                FieldKind::Path => Some(a.path),
+                FieldKind::Query => Some(a.query),
+                FieldKind::Status => Some(a.status),
+                FieldKind::Referer => Some(extract::parse_access_tail(self.access_tail).0),
+                FieldKind::UserAgent => Some(extract::parse_access_tail(self.access_tail).1),
+                FieldKind::Vhost => a.vhost,
+                FieldKind::Request => Some(a.request),
+                FieldKind::Uri => {
                     return Some(if a.query.is_empty() {
                         Cow::Borrowed(a.path)
                     } else if let Some(uri) = self.path_and_query(a.path, a.query) {
@@ -876,11 +877,11 @@ impl<'t> LineView<'t> {
             }
         }
         if let Some(Some(s)) = &self.syslog {
-            let v = match name {
-                "host" => Some(s.host),
-                "program" => Some(s.program),
-                "pid" => Some(s.pid).filter(|p| !p.is_empty()),
-                "message" => Some(s.message),
+            let v = match kind {
+                FieldKind::Host => Some(s.host),
+                FieldKind::Program => Some(s.program),
+                FieldKind::Pid => Some(s.pid).filter(|p| !p.is_empty()),
+                FieldKind::Message => Some(s.message),
                 _ => None,
             };
             if let Some(v) = v {
@@ -1077,7 +1078,7 @@ impl Batch<'_> {
         }
         if rule.needs_uri_decoded && !view.uri_ready {
             let mut decoded = std::mem::take(&mut view.uri_decoded);
-            let uri = view.get("uri", caps.as_ref(), &self.labels);
+            let uri = view.get("uri", FieldKind::Uri, caps.as_ref(), &self.labels);
             extract::decode_uri_into(
                 uri.as_deref().unwrap_or(""),
                 &mut self.uri_scratch,
@@ -1087,7 +1088,7 @@ impl Batch<'_> {
             view.uri_ready = true;
         }
         for c in &rule.conditions {
-            let pass = match view.get(&c.field.name, caps.as_ref(), &self.labels) {
+            let pass = match view.get(&c.field.name, c.field.kind, caps.as_ref(), &self.labels) {
                 Some(v) => c.test.eval(&v) != c.negate,
                 None => c.negate,
             };
@@ -1107,8 +1108,8 @@ impl Batch<'_> {
             if i > 0 {
                 self.key_buf.push(',');
             }
-            match view.get(&f.name, caps.as_ref(), &self.labels) {
-                Some(v) if f.name == "ip" || f.name.ends_with("_ip") => {
+            match view.get(&f.name, f.kind, caps.as_ref(), &self.labels) {
+                Some(v) if f.is_ip => {
                     if let Some(ip) =
                         self.ip_memo
                             .parse(&v, matches!(v, Cow::Borrowed(_)), self.generation)
@@ -1133,14 +1134,14 @@ impl Batch<'_> {
                     .key_buf
                     .extend(v.chars().filter(|c| !c.is_control()).take(128)),
                 // An attack needs a source to be counted; other missing parts group as "-".
-                _ if f.name == "ip" || f.name.ends_with("_ip") => key_ok = false,
+                _ if f.is_ip => key_ok = false,
                 _ => self.key_buf.push('-'),
             }
         }
         allowlisted &= !rule.include_allowlisted;
         let value = match &rule.distinct {
             Some(f) => view
-                .get(&f.name, caps.as_ref(), &self.labels)
+                .get(&f.name, f.kind, caps.as_ref(), &self.labels)
                 .map(|v| match v {
                     Cow::Borrowed(v) => Cow::Borrowed(truncate(v, 256)),
                     Cow::Owned(v) => Cow::Owned(truncate(&v, 256).to_owned()),

@@ -221,6 +221,58 @@ pub struct RawAggregate {
 pub struct FieldRef {
     /// The field name.
     pub name: String,
+    /// Which parser field the name stands for (resolved once, not per line).
+    pub kind: FieldKind,
+    /// The field holds a source address (`ip` or `*_ip`): normalised, and required in keys.
+    pub is_ip: bool,
+}
+
+/// The parser fields by name; `Other` for names only captures and labels give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum FieldKind {
+    Ip,
+    User,
+    Method,
+    Path,
+    Query,
+    Status,
+    Referer,
+    UserAgent,
+    Vhost,
+    Request,
+    Uri,
+    UriDecoded,
+    Host,
+    Program,
+    Pid,
+    Message,
+    Other,
+}
+
+impl FieldKind {
+    /// The parser field named `name`.
+    pub fn of(name: &str) -> FieldKind {
+        match name {
+            "ip" => FieldKind::Ip,
+            "user" => FieldKind::User,
+            "method" => FieldKind::Method,
+            "path" => FieldKind::Path,
+            "query" => FieldKind::Query,
+            "status" => FieldKind::Status,
+            "referer" => FieldKind::Referer,
+            "user_agent" => FieldKind::UserAgent,
+            "vhost" => FieldKind::Vhost,
+            "request" => FieldKind::Request,
+            "uri" => FieldKind::Uri,
+            "uri_decoded" => FieldKind::UriDecoded,
+            "host" => FieldKind::Host,
+            "program" => FieldKind::Program,
+            "pid" => FieldKind::Pid,
+            "message" => FieldKind::Message,
+            _ => FieldKind::Other,
+        }
+    }
 }
 
 /// One compiled field condition.
@@ -423,6 +475,8 @@ pub fn compile(raw: &RawRule, tolerance: Duration) -> Result<Rule, String> {
         }
         Ok(FieldRef {
             name: name.to_owned(),
+            kind: FieldKind::of(name),
+            is_ip: name == "ip" || name.ends_with("_ip"),
         })
     };
     let mut conditions = Vec::new();
