@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use criterion::{criterion_group, Criterion, Throughput};
+use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use logwarden::decode::wire::{
     encode_snappy, timestamp_from_nanos, EntryAdapter, PushRequest, StreamAdapter,
 };
@@ -83,13 +83,42 @@ fn push(lines: &[String]) -> PushView<'_> {
     }
 }
 
-/// The same lines as a snappy-compressed protobuf push body.
-fn body(lines: &[String]) -> Vec<u8> {
+/// Event time between the starts of consecutive pushes of one kind: each push carries the next
+/// stretch of time, as Promtail's do, so windows slide instead of seeing the same instants
+/// again (which would take the engine's out-of-order path on every line).
+const PUSH_SPAN_NS: i64 = 20_000_000_000;
+
+/// `view` moved `k` pushes later in event time.
+fn later<'a>(view: &PushView<'a>, k: i64) -> PushView<'a> {
+    PushView {
+        streams: view
+            .streams
+            .iter()
+            .map(|s| StreamView {
+                labels: s.labels.clone(),
+                entries: s
+                    .entries
+                    .iter()
+                    .map(|e| EntryView {
+                        timestamp_ns: e.timestamp_ns + k * PUSH_SPAN_NS,
+                        line: e.line.clone(),
+                        structured_metadata: e.structured_metadata.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// The same lines as a snappy-compressed protobuf push body, `k` pushes later in event time.
+fn body(lines: &[String], k: i64) -> Vec<u8> {
     let entries = lines
         .iter()
         .enumerate()
         .map(|(i, l)| EntryAdapter {
-            timestamp: Some(timestamp_from_nanos(T0 + i as i64 * 1_000_000)),
+            timestamp: Some(timestamp_from_nanos(
+                T0 + k * PUSH_SPAN_NS + i as i64 * 1_000_000,
+            )),
             line: bytes::Bytes::copy_from_slice(l.as_bytes()),
             structured_metadata: vec![],
             parsed: vec![],
@@ -119,7 +148,7 @@ fn bench_detect(c: &mut Criterion) {
     ] {
         let lines = lines(every);
         let view = push(&lines);
-        let pb = body(&lines);
+        let pb = body(&lines, 0);
         let detector =
             Detector::try_new(&DetectConfig::default(), &prometheus::Registry::new()).unwrap();
         let incidents = AtomicUsize::new(0);
@@ -131,13 +160,29 @@ fn bench_detect(c: &mut Criterion) {
         group.bench_function("decode", |b| {
             b.iter(|| with_decoded(&pb, meta, limits, |v| v.entry_count()).unwrap())
         });
+        // Each push later than the one before (built outside the timed routine).
+        let mut k = 0;
         group.bench_function("engine", |b| {
-            b.iter(|| detector.process("bench", &view, &sink))
+            b.iter_batched_ref(
+                || {
+                    k += 1;
+                    later(&view, k)
+                },
+                |v| detector.process("bench", v, &sink),
+                BatchSize::PerIteration,
+            )
         });
         group.bench_function("decode_engine", |b| {
-            b.iter(|| {
-                with_decoded(&pb, meta, limits, |v| detector.process("bench", v, &sink)).unwrap()
-            })
+            b.iter_batched_ref(
+                || {
+                    k += 1;
+                    body(&lines, k)
+                },
+                |pb| {
+                    with_decoded(pb, meta, limits, |v| detector.process("bench", v, &sink)).unwrap()
+                },
+                BatchSize::PerIteration,
+            )
         });
         group.finish();
     }
@@ -181,14 +226,14 @@ fn memory_per_key() {
     );
 }
 
-/// `n` engine passes over `view`: the function callgrind measures (`--passes`).
+/// One engine pass over each of `views`: the function callgrind measures (`--passes`).
 #[inline(never)]
-fn engine_passes(detector: &Detector, view: &PushView<'_>, n: usize) -> usize {
+fn engine_passes(detector: &Detector, views: &[PushView<'_>]) -> usize {
     let incidents = AtomicUsize::new(0);
     let sink = |_: Incident| {
         incidents.fetch_add(1, Ordering::Relaxed);
     };
-    for _ in 0..n {
+    for view in views {
         detector.process("bench", view, &sink);
     }
     incidents.load(Ordering::Relaxed)
@@ -221,7 +266,7 @@ fn passes(kind: &str, n: usize, decode: bool) {
     };
     let lines = lines(every);
     if decode {
-        let pb = body(&lines);
+        let pb = body(&lines, 0);
         decode_passes(&pb, 1);
         let entries = decode_passes(&pb, n);
         println!(
@@ -234,7 +279,8 @@ fn passes(kind: &str, n: usize, decode: bool) {
     let detector =
         Detector::try_new(&DetectConfig::default(), &prometheus::Registry::new()).unwrap();
     detector.process("bench", &view, &|_: Incident| {});
-    let incidents = engine_passes(&detector, &view, n);
+    let views: Vec<PushView<'_>> = (1..=n as i64).map(|k| later(&view, k)).collect();
+    let incidents = engine_passes(&detector, &views);
     println!(
         "{kind}: {} lines, {n} passes, {incidents} incidents",
         lines.len()
