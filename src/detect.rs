@@ -1115,7 +1115,13 @@ impl Batch<'_> {
                             .parse(&v, matches!(v, Cow::Borrowed(_)), self.generation)
                     {
                         allowlisted |= compiled.allowlist.contains(ip);
-                        push_ip(&mut self.key_buf, ip);
+                        // Digits and dots that parse as IPv4 are already its canonical form
+                        // (the parsers reject leading zeros): no need to print it again.
+                        if ip.is_ipv4() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+                            self.key_buf.push_str(&v);
+                        } else {
+                            push_ip(&mut self.key_buf, ip);
+                        }
                     } else if let Some(host) = extract::normalize_source(&v) {
                         self.key_buf.push_str(&host);
                     } else {

@@ -947,6 +947,17 @@ mod tests {
             proptest::prop_assert_eq!(parse_dotted_quad(s.as_bytes()), std);
         }
 
+        /// Text of digits and dots that parses as an IPv4 address is that address's canonical
+        /// form (keys copy such text instead of printing the address again).
+        #[test]
+        fn digits_and_dots_that_parse_are_canonical(
+            s in "[0-9.]{0,18}|(25[0-9]|2[0-4][0-9]|[01]?[0-9]{1,2})(\\.0?[0-9]{1,3}){3}"
+        ) {
+            if let Some(ip @ IpAddr::V4(_)) = parse_ip(&s) {
+                proptest::prop_assert_eq!(ip.to_string(), s);
+            }
+        }
+
         /// `find_byte` is `memchr`.
         #[test]
         fn find_byte_is_memchr(
