@@ -14,6 +14,7 @@
 //! by hand on printable-ASCII lines (`detect/ssh.rs`, property-tested against the regexes).
 
 pub mod extract;
+mod kernel;
 pub mod literals;
 mod pair_filter;
 pub mod rule;
@@ -232,6 +233,8 @@ struct Compiled {
     regex_prefixes: Vec<Option<memchr::memmem::Finder<'static>>>,
     /// Per regex: the hand-written matcher that stands for it (built-in SSH regexes).
     regex_shapes: Vec<Option<ssh::Shape>>,
+    /// Per regex: it is the built-in segfault regex, which `kernel` matches by hand.
+    regex_segfault: Vec<bool>,
     /// Per rule: indexes into `regexes` of its `regex` list, in order.
     rule_regexes: Vec<Vec<u32>>,
     /// For each prefilter pattern: the (rule, role) pairs that use it.
@@ -455,6 +458,10 @@ impl Compiled {
                     .map(|p| memchr::memmem::Finder::new(&p).into_owned())
             })
             .collect();
+        let regex_segfault = regexes
+            .iter()
+            .map(|re| re.as_str() == kernel::SEGFAULT)
+            .collect();
         let regex_shapes = regexes
             .iter()
             .map(|re| ssh::Shape::of(re.as_str()))
@@ -471,6 +478,7 @@ impl Compiled {
             regexes,
             regex_prefixes,
             regex_shapes,
+            regex_segfault,
             rule_regexes,
             owners,
             all_masks,
@@ -1431,7 +1439,7 @@ struct RegexCache {
     hit: Vec<bool>,
     locs: Vec<regex::CaptureLocations>,
     /// The captures when the hand-written matcher found the match (then `locs` is stale).
-    fast: Vec<Option<ssh::Spans>>,
+    fast: Vec<Option<FastCaps>>,
     /// The line in lower case, made for the line `lower_generation` when a regex gate needed it.
     lower: Vec<u8>,
     lower_generation: u32,
@@ -1468,11 +1476,23 @@ impl RegexCache {
         if !self.may_match(compiled, id, text, generation) {
             return false;
         }
+        if compiled.regex_segfault[id] {
+            if let Ok(found) = kernel::segfault(text.as_bytes()) {
+                self.fast[id] = found.map(|binary| FastCaps {
+                    names: ["binary", ""],
+                    spans: [binary, (0, 0)],
+                });
+                return found.is_some();
+            }
+        }
         if let Some(shape) = compiled.regex_shapes[id] {
             self.lower_case(text, generation);
             match ssh::extract(shape, &self.lower, self.lower_printable) {
                 ssh::Verdict::Match(spans) => {
-                    self.fast[id] = Some(spans);
+                    self.fast[id] = Some(FastCaps {
+                        names: ["user", "ip"],
+                        spans: [spans.user, spans.ip],
+                    });
                     return true;
                 }
                 ssh::Verdict::NoMatch => return false,
@@ -1514,18 +1534,26 @@ struct Caps<'t, 'c> {
     text: &'t str,
     regex: &'c regex::Regex,
     locs: &'c regex::CaptureLocations,
-    fast: Option<ssh::Spans>,
+    fast: Option<FastCaps>,
+}
+
+/// The captures a hand-written matcher found: every group of the regex it stands for, by name
+/// (an empty name is no group).
+#[derive(Debug, Clone, Copy)]
+struct FastCaps {
+    names: [&'static str; 2],
+    spans: [(usize, usize); 2],
 }
 
 impl<'t> Caps<'t, '_> {
     fn name(&self, name: &str) -> Option<&'t str> {
-        if let Some(spans) = self.fast {
-            // The matchers stand for regexes whose only groups are these two.
-            let (start, end) = match name {
-                "user" => spans.user,
-                "ip" => spans.ip,
-                _ => return None,
-            };
+        if let Some(fast) = self.fast {
+            // The matchers stand for regexes whose only groups are these.
+            let at = fast
+                .names
+                .iter()
+                .position(|n| !n.is_empty() && *n == name)?;
+            let (start, end) = fast.spans[at];
             return self.text.get(start..end);
         }
         let index = self.regex.capture_names().position(|n| n == Some(name))?;
