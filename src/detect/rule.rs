@@ -316,8 +316,22 @@ impl Test {
                 };
                 match self {
                     Test::In(list) => list.iter().any(|x| x == v),
-                    Test::Prefix(list) => list.iter().any(|x| v.starts_with(x.as_str())),
-                    Test::Suffix(list) => list.iter().any(|x| v.ends_with(x.as_str())),
+                    // The first (last) byte rules out nearly every entry before a comparison
+                    // call (the suffix lists of static files are long).
+                    Test::Prefix(list) => {
+                        let first = v.as_bytes().first();
+                        list.iter().any(|x| {
+                            x.as_bytes().first().is_none_or(|b| Some(b) == first)
+                                && v.starts_with(x.as_str())
+                        })
+                    }
+                    Test::Suffix(list) => {
+                        let last = v.as_bytes().last();
+                        list.iter().any(|x| {
+                            x.as_bytes().last().is_none_or(|b| Some(b) == last)
+                                && v.ends_with(x.as_str())
+                        })
+                    }
                     Test::Contains(list) => list.iter().any(|x| v.contains(x.as_str())),
                     Test::Regex(_) => unreachable!("handled above"),
                 }
@@ -815,6 +829,26 @@ impl Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Prefix and suffix tests are `starts_with` / `ends_with` of the lower-cased value
+        /// against any entry (empty entries included).
+        #[test]
+        fn prefix_and_suffix_tests_are_plain_string_tests(
+            value in "[aB./é]{0,6}",
+            list in proptest::collection::vec("[ab./é]{0,3}", 0..5),
+        ) {
+            let lower = value.to_ascii_lowercase();
+            proptest::prop_assert_eq!(
+                Test::Prefix(list.clone()).eval(&value),
+                list.iter().any(|x| lower.starts_with(x.as_str()))
+            );
+            proptest::prop_assert_eq!(
+                Test::Suffix(list.clone()).eval(&value),
+                list.iter().any(|x| lower.ends_with(x.as_str()))
+            );
+        }
+    }
 
     #[test]
     fn selector_matches_like_loki() {
