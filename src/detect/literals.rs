@@ -247,9 +247,10 @@ impl LiteralSet {
                     #[inline(always)]
                     |at| {
                         let idx = pair_index(line[at], line[at + 1]);
-                        if (bits[idx >> 6] >> (idx & 63)) & 1 != 0 {
+                        let word = bits[idx >> 6];
+                        if (word >> (idx & 63)) & 1 != 0 {
                             // Inlined into the SIMD code, where `count_ones` is one instruction.
-                            self.verify_inline(line, at, out);
+                            self.verify_found(line, at, idx, word, out);
                         }
                     },
                 );
@@ -309,7 +310,14 @@ impl LiteralSet {
     #[inline(always)]
     fn verify_inline(&self, line: &[u8], at: usize, out: &mut Vec<u32>) {
         let idx = pair_index(line[at], line[at + 1]);
-        let below = self.bits[idx >> 6] & ((1u64 << (idx & 63)) - 1);
+        self.verify_found(line, at, idx, self.bits[idx >> 6], out);
+    }
+
+    /// [`LiteralSet::verify`] where the pair's index `idx` in the bit table and the table's
+    /// word holding its bit are known.
+    #[inline(always)]
+    fn verify_found(&self, line: &[u8], at: usize, idx: usize, word: u64, out: &mut Vec<u32>) {
+        let below = word & ((1u64 << (idx & 63)) - 1);
         let slot = self.rank[idx >> 6] as usize + below.count_ones() as usize;
         let Some(&(start, end)) = self.slots.get(slot) else {
             return;
