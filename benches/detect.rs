@@ -169,7 +169,7 @@ fn bench_detect(c: &mut Criterion) {
                     later(&view, k)
                 },
                 |v| detector.process("bench", v, &sink),
-                BatchSize::PerIteration,
+                BatchSize::SmallInput,
             )
         });
         group.bench_function("decode_engine", |b| {
@@ -181,7 +181,7 @@ fn bench_detect(c: &mut Criterion) {
                 |pb| {
                     with_decoded(pb, meta, limits, |v| detector.process("bench", v, &sink)).unwrap()
                 },
-                BatchSize::PerIteration,
+                BatchSize::SmallInput,
             )
         });
         group.finish();
