@@ -231,10 +231,8 @@ struct Compiled {
     regexes: Vec<regex::Regex>,
     /// Per regex: the lower-case literal every match of it starts with, when it has one.
     regex_prefixes: Vec<Option<memchr::memmem::Finder<'static>>>,
-    /// Per regex: the hand-written matcher that stands for it (built-in SSH regexes).
-    regex_shapes: Vec<Option<ssh::Shape>>,
-    /// Per regex: it is the built-in segfault regex, which `kernel` matches by hand.
-    regex_segfault: Vec<bool>,
+    /// Per regex: the hand-written matcher that stands for it (some built-in regexes).
+    regex_matchers: Vec<Option<Matcher>>,
     /// Per rule: indexes into `regexes` of its `regex` list, in order.
     rule_regexes: Vec<Vec<u32>>,
     /// For each prefilter pattern: the (rule, role) pairs that use it.
@@ -458,14 +456,7 @@ impl Compiled {
                     .map(|p| memchr::memmem::Finder::new(&p).into_owned())
             })
             .collect();
-        let regex_segfault = regexes
-            .iter()
-            .map(|re| re.as_str() == kernel::SEGFAULT)
-            .collect();
-        let regex_shapes = regexes
-            .iter()
-            .map(|re| ssh::Shape::of(re.as_str()))
-            .collect();
+        let regex_matchers = regexes.iter().map(|re| Matcher::of(re.as_str())).collect();
         let rule_matches = rules
             .iter()
             .map(|r| metrics.rule_matches.with_label_values(&[r.id.as_str()]))
@@ -477,8 +468,7 @@ impl Compiled {
             prefilter,
             regexes,
             regex_prefixes,
-            regex_shapes,
-            regex_segfault,
+            regex_matchers,
             rule_regexes,
             owners,
             all_masks,
@@ -1476,28 +1466,30 @@ impl RegexCache {
         if !self.may_match(compiled, id, text, generation) {
             return false;
         }
-        if compiled.regex_segfault[id] {
-            if let Ok(found) = kernel::segfault(text.as_bytes()) {
-                self.fast[id] = found.map(|binary| FastCaps {
+        // `None`: the matcher declined the line (not printable ASCII); the regex decides.
+        let verdict = match compiled.regex_matchers[id] {
+            Some(Matcher::Segfault) => kernel::segfault(text.as_bytes()).ok().map(|found| {
+                found.map(|binary| FastCaps {
                     names: ["binary", ""],
                     spans: [binary, (0, 0)],
-                });
-                return found.is_some();
-            }
-        }
-        if let Some(shape) = compiled.regex_shapes[id] {
-            self.lower_case(text, generation);
-            match ssh::extract(shape, &self.lower, self.lower_printable) {
-                ssh::Verdict::Match(spans) => {
-                    self.fast[id] = Some(FastCaps {
+                })
+            }),
+            Some(Matcher::Ssh(shape)) => {
+                self.lower_case(text, generation);
+                match ssh::extract(shape, &self.lower, self.lower_printable) {
+                    ssh::Verdict::Match(spans) => Some(Some(FastCaps {
                         names: ["user", "ip"],
                         spans: [spans.user, spans.ip],
-                    });
-                    return true;
+                    })),
+                    ssh::Verdict::NoMatch => Some(None),
+                    ssh::Verdict::Decline => None,
                 }
-                ssh::Verdict::NoMatch => return false,
-                ssh::Verdict::Decline => {}
             }
+            None => None,
+        };
+        if let Some(found) = verdict {
+            self.fast[id] = found;
+            return found.is_some();
         }
         self.fast[id] = None;
         compiled.regexes[id]
@@ -1535,6 +1527,23 @@ struct Caps<'t, 'c> {
     regex: &'c regex::Regex,
     locs: &'c regex::CaptureLocations,
     fast: Option<FastCaps>,
+}
+
+/// A hand-written matcher that stands for one built-in regex, chosen by the regex's source
+/// text: the SSH failure forms (`ssh`) and the kernel's segfault line (`kernel`).
+#[derive(Debug, Clone, Copy)]
+enum Matcher {
+    Ssh(ssh::Shape),
+    Segfault,
+}
+
+impl Matcher {
+    fn of(src: &str) -> Option<Matcher> {
+        if src == kernel::SEGFAULT {
+            return Some(Matcher::Segfault);
+        }
+        ssh::Shape::of(src).map(Matcher::Ssh)
+    }
 }
 
 /// The captures a hand-written matcher found: every group of the regex it stands for, by name
