@@ -82,6 +82,23 @@ impl Head {
     }
 }
 
+impl Anchored {
+    /// Whether the literal has four bytes from its anchor on (then candidates are checked
+    /// against the gram table before the literal is compared).
+    fn gated(&self) -> bool {
+        self.offset + 4 <= self.len
+    }
+}
+
+/// The literals anchored at one pair: a range of `anchored`, and whether they are all gated
+/// ([`Anchored::gated`]).
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    start: u32,
+    end: u32,
+    gated: bool,
+}
+
 /// Finds every literal of a fixed set that occurs in a line (ASCII case-insensitive).
 #[derive(Debug, Clone)]
 pub struct LiteralSet {
@@ -91,8 +108,11 @@ pub struct LiteralSet {
     bits: Box<[u64; 1024]>,
     /// Per word of `bits`: the number of bits set in the words before it.
     rank: Box<[u32; 1024]>,
-    /// Per bit set in `bits`, in order: the range of `anchored` holding its literals.
-    slots: Vec<(u32, u32)>,
+    /// Per bit set in `bits`, in order: its literals in `anchored`.
+    slots: Vec<Slot>,
+    /// Bit [`gram_index`] of the four (case-folded) bytes that start at the anchor of each
+    /// literal that has four bytes from its anchor on.
+    grams: Box<[u64; 1024]>,
     /// The anchored literals, grouped by (lower-cased) anchor pair.
     anchored: Vec<Anchored>,
     /// One-byte literals: (pattern id, lower-case byte, upper-case byte), for the last byte.
@@ -187,6 +207,16 @@ impl LiteralSet {
             }
             anchored.push(a);
         }
+        let mut grams = Box::new([0u64; 1024]);
+        for a in &anchored {
+            if a.gated() {
+                let lit = &literals[a.literal as usize];
+                let at = a.offset as usize;
+                let gram = [lit[at], lit[at + 1], lit[at + 2], lit[at + 3]];
+                let idx = gram_index(u32::from_le_bytes(gram));
+                grams[idx >> 6] |= 1 << (idx & 63);
+            }
+        }
         let mut rank = Box::new([0u32; 1024]);
         let mut slots = Vec::new();
         let mut count = 0;
@@ -199,10 +229,13 @@ impl LiteralSet {
                 rest &= rest - 1;
                 let [a, b] = (idx as u16).to_le_bytes();
                 let lower = pair_index(a.to_ascii_lowercase(), b.to_ascii_lowercase()) as u16;
-                let g = groups
+                let (start, end) = groups
                     .binary_search_by_key(&lower, |g| g.0)
                     .map_or((0, 0), |g| (groups[g].1, groups[g].2));
-                slots.push(g);
+                let gated = anchored[start as usize..end as usize]
+                    .iter()
+                    .all(Anchored::gated);
+                slots.push(Slot { start, end, gated });
             }
         }
         LiteralSet {
@@ -210,6 +243,7 @@ impl LiteralSet {
             bits,
             rank,
             slots,
+            grams,
             anchored,
             single,
             filter,
@@ -319,9 +353,20 @@ impl LiteralSet {
     fn verify_found(&self, line: &[u8], at: usize, idx: usize, word: u64, out: &mut Vec<u32>) {
         let below = word & ((1u64 << (idx & 63)) - 1);
         let slot = self.rank[idx >> 6] as usize + below.count_ones() as usize;
-        let Some(&(start, end)) = self.slots.get(slot) else {
+        let Some(&Slot { start, end, gated }) = self.slots.get(slot) else {
             return;
         };
+        if gated {
+            // Every literal here has four bytes from the anchor on: those four must be one of
+            // theirs (most anchors seen in ordinary text end here).
+            let Some(&four) = line.get(at..).and_then(|s| s.first_chunk::<4>()) else {
+                return;
+            };
+            let idx = gram_index(u32::from_le_bytes(four));
+            if (self.grams[idx >> 6] >> (idx & 63)) & 1 == 0 {
+                return;
+            }
+        }
         for a in &self.anchored[start as usize..end as usize] {
             let Some(from) = at.checked_sub(a.offset as usize) else {
                 continue;
@@ -362,6 +407,14 @@ impl LiteralSet {
             }
         }
     }
+}
+
+/// The bit of four bytes (little-endian) in the gram table, ignoring ASCII case: bit 5 of each
+/// byte is set first (which folds each upper-case letter onto its lower case, and some
+/// punctuation onto other punctuation: the table may accept more, never less).
+#[inline(always)]
+fn gram_index(four: u32) -> usize {
+    ((four | 0x2020_2020).wrapping_mul(0x9e37_79b1) >> 16) as usize
 }
 
 /// The bit of the pair `a b` in the table: `a` in the low byte, as a little-endian load of the
