@@ -47,7 +47,8 @@ impl Recorded {
 /// A sliding `count` window for one key.
 #[derive(Debug, Clone, Default)]
 pub struct CountWindow {
-    /// The newest recorded event times, ascending, at most `threshold` of them.
+    /// The newest recorded event times inside the window, ascending, at most `threshold` of
+    /// them.
     times: VecDeque<i64>,
     newest: Option<i64>,
 }
@@ -63,16 +64,24 @@ impl CountWindow {
         }
         let newest = self.newest.map_or(t_ms, |n| n.max(t_ms));
         self.newest = Some(newest);
-        if self.times.len() < threshold {
-            self.insert_sorted(t_ms);
-        } else if self.times.front().is_some_and(|&oldest| t_ms > oldest) {
-            // Full: the new time displaces the oldest kept one (only the newest matter).
-            self.times.pop_front();
-            self.insert_sorted(t_ms);
-        }
-        // `times` is ascending: the events in (lower, newest] are a suffix of it.
+        // The window is (lower, newest]. `lower` never falls (the newest time only grows and
+        // the spec is fixed for the state's life), so a time at or before it can never count
+        // again: such times leave the front of the ascending list, and `times` holds exactly
+        // the window's newest events (at most `threshold`).
         let lower = newest.saturating_sub(spec.window_ms);
-        let in_window = (self.times.len() - self.times.partition_point(|&x| x <= lower)) as u32;
+        while self.times.front().is_some_and(|&oldest| oldest <= lower) {
+            self.times.pop_front();
+        }
+        if t_ms > lower {
+            if self.times.len() < threshold {
+                self.insert_sorted(t_ms);
+            } else if self.times.front().is_some_and(|&oldest| t_ms > oldest) {
+                // Full: the new time displaces the oldest kept one (only the newest matter).
+                self.times.pop_front();
+                self.insert_sorted(t_ms);
+            }
+        }
+        let in_window = self.times.len() as u32;
         Recorded::Counted {
             in_window,
             fires: in_window as usize >= threshold,
@@ -289,6 +298,8 @@ mod tests {
                     Recorded::Late => None,
                     Recorded::Counted { in_window, fires } => {
                         prop_assert_eq!(fires, in_window >= threshold);
+                        // Only times inside the window are kept.
+                        prop_assert_eq!(w.kept(), in_window as usize);
                         Some(in_window)
                     }
                 };
