@@ -52,6 +52,8 @@ const ACCESS_SHAPE: &str = "] \"";
 
 /// Separates tenant and key in the per-rule maps (a control character no key contains).
 const TENANT_SEP: char = '\u{1f}';
+/// [`Compiled::key_class`] of a rule whose key is built afresh for each rule.
+const NO_KEY_CLASS: u32 = u32::MAX;
 
 /// How far ahead of the wall clock an event time may be and still advance the watermark that
 /// idle keys expire against. One entry stamped years ahead (a bad clock, a hostile client) would
@@ -243,6 +245,9 @@ struct Compiled {
     always: Vec<u32>,
     /// Per rule: the rules (indexes) whose open incidents suppress it (`suppressed_by`).
     suppressors: Vec<Vec<u32>>,
+    /// Per rule: rules with the same key fields share a class, so a line's key is built once
+    /// for them all; [`NO_KEY_CLASS`] for keys that are never shared.
+    key_class: Vec<u32>,
     /// The prefilter's pattern id for [`ACCESS_SHAPE`].
     access_shape: u32,
     samples_per_key: usize,
@@ -420,6 +425,21 @@ impl Compiled {
                 }
             }
         }
+        let key_class = rules
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| {
+                // The decoded URI is made by the first rule that needs it: a key holding it
+                // could read differently for a rule before that one.
+                if rule.key.iter().any(|f| f.kind == FieldKind::UriDecoded) {
+                    return NO_KEY_CLASS;
+                }
+                rules[..=i]
+                    .iter()
+                    .position(|r| r.key == rule.key)
+                    .map_or(NO_KEY_CLASS, |first| first as u32)
+            })
+            .collect();
         let suppressors = rules
             .iter()
             .map(|rule| {
@@ -474,6 +494,7 @@ impl Compiled {
             all_masks,
             always,
             suppressors,
+            key_class,
             access_shape,
             samples_per_key: cfg.samples_per_key,
             max_sample_bytes: cfg.max_sample_bytes,
@@ -677,6 +698,7 @@ impl Detector {
             uri_scratch: extract::UriScratch::default(),
             key_buf: String::new(),
             ip_memo: IpMemo::default(),
+            key_memo: KeyMemo::default(),
             fired: Vec::new(),
             matches: vec![0; n],
             newest_ms: i64::MIN,
@@ -777,6 +799,8 @@ pub struct Batch<'d> {
     key_buf: String,
     /// The last address parsed for a key (the rules that key by `ip` read the same one).
     ip_memo: IpMemo,
+    /// The key last built on this line, for the next rule with the same key fields.
+    key_memo: KeyMemo,
     fired: Vec<(u32, Box<str>)>,
     matches: Vec<u64>,
     /// Newest event time of the batch, capped at `clock_cap_ms`.
@@ -839,7 +863,7 @@ impl<'t> LineView<'t> {
         caps: Option<&Caps<'t, '_>>,
         labels: &'s BTreeMap<String, String>,
     ) -> Option<Cow<'s, str>> {
-        if let Some(m) = caps.and_then(|c| c.name(name)) {
+        if let Some(m) = caps.and_then(|c| c.name(name, kind)) {
             return Some(Cow::Borrowed(m));
         }
         if kind == FieldKind::UriDecoded {
@@ -954,6 +978,7 @@ impl Batch<'_> {
             self.regex_cache.generation.fill(0);
             self.regex_cache.lower_generation = 0;
             self.ip_memo = IpMemo::default();
+            self.key_memo = KeyMemo::default();
             self.generation = 1;
         }
         let generation = self.generation;
@@ -1058,16 +1083,20 @@ impl Batch<'_> {
             _ => {}
         }
         let text = view.text;
+        let mut caps_id = u32::MAX;
         let caps = if rule.regexes.is_empty() {
             None
         } else {
             match cache.first(compiled, ri, text, self.generation) {
-                Some(id) => Some(Caps {
-                    text,
-                    regex: &compiled.regexes[id],
-                    locs: &cache.locs[id],
-                    fast: cache.fast[id],
-                }),
+                Some(id) => {
+                    caps_id = id as u32;
+                    Some(Caps {
+                        text,
+                        regex: &compiled.regexes[id],
+                        locs: &cache.locs[id],
+                        fast: cache.fast[id],
+                    })
+                }
                 None => return,
             }
         };
@@ -1096,52 +1125,75 @@ impl Batch<'_> {
         }
         // Build `tenant \x1f key`: fields joined by ','; `ip` fields normalised (addresses or
         // host names). Written into a reused buffer: no allocation for a key already tracked.
-        self.key_buf.clear();
-        self.key_buf.push_str(&self.tenant);
-        self.key_buf.push(TENANT_SEP);
-        let prefix = self.key_buf.len();
-        let mut key_ok = true;
-        let mut allowlisted = false;
-        for (i, f) in rule.key.iter().enumerate() {
-            if i > 0 {
-                self.key_buf.push(',');
-            }
-            match view.get(&f.name, f.kind, caps.as_ref(), &self.labels) {
-                Some(v) if f.is_ip => {
-                    if let Some(ip) =
-                        self.ip_memo
-                            .parse(&v, matches!(v, Cow::Borrowed(_)), self.generation)
-                    {
-                        allowlisted |= compiled.allowlist.contains(ip);
-                        // Digits and dots that parse as IPv4 are already its canonical form
-                        // (the parsers reject leading zeros): no need to print it again.
-                        if ip.is_ipv4() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-                            self.key_buf.push_str(&v);
+        // The rules of one line that key by the same fields, read from the same captures and
+        // parsers, share the key built for the first of them.
+        let prefix = self.tenant.len() + TENANT_SEP.len_utf8();
+        let memo = KeyMemo {
+            generation: self.generation,
+            class: compiled.key_class[ri],
+            caps: caps_id,
+            parsed: (view.access.is_some(), view.syslog.is_some()),
+            key_ok: false,
+            allowlisted: false,
+        };
+        let (key_ok, mut allowlisted) = if memo.class != NO_KEY_CLASS
+            && self.key_memo.same_key(&memo)
+        {
+            (self.key_memo.key_ok, self.key_memo.allowlisted)
+        } else {
+            self.key_buf.clear();
+            self.key_buf.push_str(&self.tenant);
+            self.key_buf.push(TENANT_SEP);
+            let mut key_ok = true;
+            let mut allowlisted = false;
+            for (i, f) in rule.key.iter().enumerate() {
+                if i > 0 {
+                    self.key_buf.push(',');
+                }
+                match view.get(&f.name, f.kind, caps.as_ref(), &self.labels) {
+                    Some(v) if f.is_ip => {
+                        if let Some(ip) =
+                            self.ip_memo
+                                .parse(&v, matches!(v, Cow::Borrowed(_)), self.generation)
+                        {
+                            allowlisted |= compiled.allowlist.contains(ip);
+                            // Digits and dots that parse as IPv4 are already its canonical form
+                            // (the parsers reject leading zeros): no need to print it again.
+                            if ip.is_ipv4() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+                                self.key_buf.push_str(&v);
+                            } else {
+                                push_ip(&mut self.key_buf, ip);
+                            }
+                        } else if let Some(host) = extract::normalize_source(&v) {
+                            self.key_buf.push_str(&host);
                         } else {
-                            push_ip(&mut self.key_buf, ip);
+                            key_ok = false;
                         }
-                    } else if let Some(host) = extract::normalize_source(&v) {
-                        self.key_buf.push_str(&host);
-                    } else {
-                        key_ok = false;
                     }
+                    // Printable ASCII of at most 128 bytes (nearly every value) is copied as it is.
+                    Some(v)
+                        if !v.is_empty()
+                            && v.len() <= 128
+                            && v.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
+                    {
+                        self.key_buf.push_str(&v)
+                    }
+                    Some(v) if !v.is_empty() => self
+                        .key_buf
+                        .extend(v.chars().filter(|c| !c.is_control()).take(128)),
+                    // An attack needs a source to be counted; other missing parts group as "-".
+                    _ if f.is_ip => key_ok = false,
+                    _ => self.key_buf.push('-'),
                 }
-                // Printable ASCII of at most 128 bytes (nearly every value) is copied as it is.
-                Some(v)
-                    if !v.is_empty()
-                        && v.len() <= 128
-                        && v.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
-                {
-                    self.key_buf.push_str(&v)
-                }
-                Some(v) if !v.is_empty() => self
-                    .key_buf
-                    .extend(v.chars().filter(|c| !c.is_control()).take(128)),
-                // An attack needs a source to be counted; other missing parts group as "-".
-                _ if f.is_ip => key_ok = false,
-                _ => self.key_buf.push('-'),
             }
-        }
+            // Also after a rule whose key is never shared: the buffer holds this key now.
+            self.key_memo = KeyMemo {
+                key_ok,
+                allowlisted,
+                ..memo
+            };
+            (key_ok, allowlisted)
+        };
         allowlisted &= !rule.include_allowlisted;
         let value = match &rule.distinct {
             Some(f) => view
@@ -1470,7 +1522,8 @@ impl RegexCache {
         let verdict = match compiled.regex_matchers[id] {
             Some(Matcher::Segfault) => kernel::segfault(text.as_bytes()).ok().map(|found| {
                 found.map(|binary| FastCaps {
-                    names: ["binary", ""],
+                    names: SEGFAULT_GROUPS.0,
+                    kinds: SEGFAULT_GROUPS.1,
                     spans: [binary, (0, 0)],
                 })
             }),
@@ -1478,7 +1531,8 @@ impl RegexCache {
                 self.lower_case(text, generation);
                 match ssh::extract(shape, &self.lower, self.lower_printable) {
                     ssh::Verdict::Match(spans) => Some(Some(FastCaps {
-                        names: ["user", "ip"],
+                        names: SSH_GROUPS.0,
+                        kinds: SSH_GROUPS.1,
                         spans: [spans.user, spans.ip],
                     })),
                     ssh::Verdict::NoMatch => Some(None),
@@ -1546,28 +1600,80 @@ impl Matcher {
     }
 }
 
+/// The groups of the SSH matchers' regexes, by name and [`FieldKind`].
+const SSH_GROUPS: ([&str; 2], [FieldKind; 2]) = (["user", "ip"], [FieldKind::User, FieldKind::Ip]);
+/// The groups of the segfault matcher's regex (the second: none).
+const SEGFAULT_GROUPS: ([&str; 2], [FieldKind; 2]) =
+    (["binary", ""], [FieldKind::Other, FieldKind::Other]);
+
 /// The captures a hand-written matcher found: every group of the regex it stands for, by name
 /// (an empty name is no group).
 #[derive(Debug, Clone, Copy)]
 struct FastCaps {
     names: [&'static str; 2],
+    /// `FieldKind::of` each name (`Other` for a name no parser field has, and for none).
+    kinds: [FieldKind; 2],
     spans: [(usize, usize); 2],
 }
 
 impl<'t> Caps<'t, '_> {
-    fn name(&self, name: &str) -> Option<&'t str> {
+    /// The group `name`, whose [`FieldKind`] is `kind`.
+    fn name(&self, name: &str, kind: FieldKind) -> Option<&'t str> {
         if let Some(fast) = self.fast {
-            // The matchers stand for regexes whose only groups are these.
-            let at = fast
-                .names
-                .iter()
-                .position(|n| !n.is_empty() && *n == name)?;
+            // The matchers stand for regexes whose only groups are these. A parser field's
+            // kind stands for its one name: no string comparison.
+            let at = if kind == FieldKind::Other {
+                fast.names
+                    .iter()
+                    .position(|n| !n.is_empty() && *n == name)?
+            } else {
+                fast.kinds.iter().position(|&k| k == kind)?
+            };
             let (start, end) = fast.spans[at];
             return self.text.get(start..end);
         }
         let index = self.regex.capture_names().position(|n| n == Some(name))?;
         let (start, end) = self.locs.get(index)?;
         self.text.get(start..end)
+    }
+}
+
+/// The key a rule built on a line, and what it was built from: a later rule of the same
+/// [`Compiled::key_class`] on the same line, reading the same captures with the same parsers
+/// run, would build the same key (it is still in `Batch::key_buf`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeyMemo {
+    /// The line (`Batch::generation`); 0: none.
+    generation: u32,
+    class: u32,
+    /// The regex whose captures the key read (`u32::MAX`: none).
+    caps: u32,
+    /// Whether the access-log and the syslog parsers had run.
+    parsed: (bool, bool),
+    key_ok: bool,
+    allowlisted: bool,
+}
+
+impl Default for KeyMemo {
+    fn default() -> Self {
+        KeyMemo {
+            generation: 0,
+            class: NO_KEY_CLASS,
+            caps: u32::MAX,
+            parsed: (false, false),
+            key_ok: false,
+            allowlisted: false,
+        }
+    }
+}
+
+impl KeyMemo {
+    /// Whether `other` describes the same key as this one.
+    fn same_key(&self, other: &KeyMemo) -> bool {
+        self.generation == other.generation
+            && self.class == other.class
+            && self.caps == other.caps
+            && self.parsed == other.parsed
     }
 }
 

@@ -551,3 +551,78 @@ proptest::proptest! {
         }
     }
 }
+
+/// The hand-written matchers name their groups by kind as well as by name: the two agree, so a
+/// field found by its kind is the field of that name.
+#[test]
+fn fast_capture_kinds_are_the_kinds_of_their_names() {
+    for (names, kinds) in [SSH_GROUPS, SEGFAULT_GROUPS] {
+        for (name, kind) in names.iter().zip(kinds) {
+            let want = if name.is_empty() {
+                rule::FieldKind::Other
+            } else {
+                rule::FieldKind::of(name)
+            };
+            assert_eq!(kind, want, "{name:?}");
+        }
+    }
+}
+
+/// Rules that key by the same field on one line share the key only when they read it from the
+/// same place: a rule without the syslog parser, before one with it, keys by `host` as "-" (no
+/// such field for it), and the next rule still gets the parsed host; a regex's own `ip` and the
+/// access log's client address stay apart too (both rules parse the line as an access log).
+#[test]
+fn rules_with_the_same_key_fields_read_them_from_their_own_sources() {
+    let h = harness(
+        r#"
+rules:
+  - id: a-no-parser
+    severity: low
+    match: { any: ["disk full"] }
+    key: host
+    aggregate: { threshold: 1, window: 10s, cooldown: 60s }
+  - id: b-syslog
+    severity: low
+    parser: syslog
+    match: { any: ["disk full"] }
+    key: host
+    aggregate: { threshold: 1, window: 10s, cooldown: 60s }
+  - id: c-regex-ip
+    severity: low
+    parser: access
+    match:
+      any: ["forwarded-for"]
+      regex: ['forwarded-for (?P<ip>[0-9.]+)']
+    key: ip
+    aggregate: { threshold: 1, window: 10s, cooldown: 60s }
+  - id: d-access-ip
+    severity: low
+    parser: access
+    match: { any: ["forwarded-for"] }
+    key: ip
+    aggregate: { threshold: 1, window: 10s, cooldown: 60s }
+"#,
+    );
+    let mut keys = Vec::new();
+    let mut b = h.detector.batch("t");
+    b.set_stream_map(BTreeMap::new());
+    for line in [
+        "May 14 09:00:00 web7 kernel: disk full on /var",
+        r#"198.51.100.4 - - [14/May/2024:09:00:00 +0000] "GET /?forwarded-for 203.0.113.9 HTTP/1.1" 200 1 "-" "x""#,
+    ] {
+        b.line(T0, line.as_bytes(), &mut |m| {
+            keys.push((m.rule.to_owned(), m.key.map(str::to_owned)))
+        });
+    }
+    let key = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        keys,
+        vec![
+            ("a-no-parser".to_owned(), key("-")),
+            ("b-syslog".to_owned(), key("web7")),
+            ("c-regex-ip".to_owned(), key("203.0.113.9")),
+            ("d-access-ip".to_owned(), key("198.51.100.4")),
+        ]
+    );
+}
