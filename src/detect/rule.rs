@@ -316,27 +316,35 @@ impl Test {
                 };
                 match self {
                     Test::In(list) => list.iter().any(|x| x == v),
-                    // The first (last) byte rules out nearly every entry before a comparison
-                    // call (the suffix lists of static files are long).
-                    Test::Prefix(list) => {
-                        let first = v.as_bytes().first();
-                        list.iter().any(|x| {
-                            x.as_bytes().first().is_none_or(|b| Some(b) == first)
-                                && v.starts_with(x.as_str())
-                        })
-                    }
-                    Test::Suffix(list) => {
-                        let last = v.as_bytes().last();
-                        list.iter().any(|x| {
-                            x.as_bytes().last().is_none_or(|b| Some(b) == last)
-                                && v.ends_with(x.as_str())
-                        })
-                    }
+                    // The bytes at both ends of an entry rule out nearly every entry before a
+                    // comparison call (the suffix lists of static files are long, and every
+                    // entry of a path prefix list starts with '/').
+                    Test::Prefix(list) => list.iter().any(|x| {
+                        ends_agree(x.as_bytes(), v.as_bytes(), 0) && v.starts_with(x.as_str())
+                    }),
+                    Test::Suffix(list) => list.iter().any(|x| {
+                        v.len()
+                            .checked_sub(x.len())
+                            .is_some_and(|at| ends_agree(x.as_bytes(), v.as_bytes(), at))
+                            && v.ends_with(x.as_str())
+                    }),
                     Test::Contains(list) => list.iter().any(|x| v.contains(x.as_str())),
                     Test::Regex(_) => unreachable!("handled above"),
                 }
             }
         }
+    }
+}
+
+/// Whether `entry`'s first and last bytes are those of `value` at `at` (true for an empty
+/// entry; false when `value` is too short to hold it there).
+#[inline]
+fn ends_agree(entry: &[u8], value: &[u8], at: usize) -> bool {
+    match (entry.first(), entry.last()) {
+        (Some(first), Some(last)) => {
+            value.get(at) == Some(first) && value.get(at + entry.len() - 1) == Some(last)
+        }
+        _ => true,
     }
 }
 
