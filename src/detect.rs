@@ -434,10 +434,11 @@ impl Compiled {
                 if rule.key.iter().any(|f| f.kind == FieldKind::UriDecoded) {
                     return NO_KEY_CLASS;
                 }
-                rules[..=i]
+                // The first rule with these key fields names the class (this one, if none before).
+                rules[..i]
                     .iter()
                     .position(|r| r.key == rule.key)
-                    .map_or(NO_KEY_CLASS, |first| first as u32)
+                    .unwrap_or(i) as u32
             })
             .collect();
         let suppressors = rules
@@ -1641,7 +1642,7 @@ impl<'t> Caps<'t, '_> {
 /// The key a rule built on a line, and what it was built from: a later rule of the same
 /// [`Compiled::key_class`] on the same line, reading the same captures with the same parsers
 /// run, would build the same key (it is still in `Batch::key_buf`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 struct KeyMemo {
     /// The line (`Batch::generation`); 0: none.
     generation: u32,
