@@ -5,15 +5,18 @@
 //! threads that decode each push, count lines, bytes and streams per tenant, and hand the decoded
 //! view to the [`PushInspector`] (the detection engine). A full queue sheds the inspection, never
 //! the forwarding, and counts it. The request path never waits here: [`Inspector::offer`] is a
-//! `try_send`.
+//! `try_push` on a queue whose producers never wait for a consumer ([`queue`]).
+
+mod queue;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::time::Instant;
+
+use queue::Queue;
 
 use crate::body::Chunks;
 use crate::decode::{self, DecodeLimits, PushApi, PushMeta, PushView};
@@ -104,7 +107,7 @@ impl ShedLog {
 
 /// The bounded queue plus its worker threads.
 pub struct Inspector {
-    tx: Sender<Job>,
+    queue: Arc<Queue<Job>>,
     workers: std::sync::Mutex<Vec<JoinHandle<()>>>,
     metrics: ProxyMetrics,
     shed_log: ShedLog,
@@ -125,11 +128,12 @@ impl Inspector {
         metrics: ProxyMetrics,
         inspector: Arc<dyn PushInspector>,
     ) -> Arc<Self> {
-        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let workers = workers.max(1);
+        let queue = Arc::new(Queue::new(capacity, workers));
         let queued_bytes = Arc::new(AtomicUsize::new(0));
-        let handles = (0..workers.max(1))
+        let handles = (0..workers)
             .map(|i| {
-                let rx: Receiver<Job> = rx.clone();
+                let queue = Arc::clone(&queue);
                 let metrics = metrics.clone();
                 let inspector = Arc::clone(&inspector);
                 let queued_bytes = Arc::clone(&queued_bytes);
@@ -137,13 +141,13 @@ impl Inspector {
                     .name(format!("inspect-{i}"))
                     .spawn(move || {
                         priority.apply_to_current_thread();
-                        worker(rx, limits, metrics, inspector, &queued_bytes)
+                        worker(&queue, i, limits, metrics, inspector, &queued_bytes)
                     })
                     .expect("spawning an inspection thread")
             })
             .collect();
         Arc::new(Inspector {
-            tx,
+            queue,
             workers: std::sync::Mutex::new(handles),
             metrics,
             shed_log: ShedLog::new(SHED_LOG_INTERVAL),
@@ -157,36 +161,28 @@ impl Inspector {
         let n = inspection.body.len();
         let over_budget = self.queued_bytes.fetch_add(n, Ordering::Relaxed) + n > self.max_queued_bytes
             // An empty queue always takes one push, however large, so big pushes are not starved.
-            && !self.tx.is_empty();
-        let sent = if over_budget {
-            Err(TrySendError::Full(()))
-        } else {
-            self.tx
-                .try_send(Job::Inspect(Box::new(inspection)))
-                .map_err(|e| match e {
-                    TrySendError::Full(_) => TrySendError::Full(()),
-                    TrySendError::Disconnected(_) => TrySendError::Disconnected(()),
-                })
-        };
-        match sent {
-            Ok(()) => {}
-            Err(_) => {
-                self.queued_bytes.fetch_sub(n, Ordering::Relaxed);
-                self.metrics.inspect_dropped.inc();
-                if let Some(shed) = self.shed_log.record() {
-                    tracing::warn!(
-                        shed,
-                        capacity = self.tx.capacity(),
-                        "inspection queue full, shedding inspection (pushes were forwarded)"
-                    );
-                }
+            && !self.queue.is_empty();
+        let sent = !over_budget
+            && self
+                .queue
+                .try_push(Job::Inspect(Box::new(inspection)))
+                .is_ok();
+        if !sent {
+            self.queued_bytes.fetch_sub(n, Ordering::Relaxed);
+            self.metrics.inspect_dropped.inc();
+            if let Some(shed) = self.shed_log.record() {
+                tracing::warn!(
+                    shed,
+                    capacity = self.queue.capacity(),
+                    "inspection queue full, shedding inspection (pushes were forwarded)"
+                );
             }
         }
     }
 
     /// Returns the number of pushes waiting.
     pub fn depth(&self) -> usize {
-        self.tx.len()
+        self.queue.len()
     }
 
     /// Drains the queue and stops the workers, waiting at most `grace`. Returns true when every
@@ -195,25 +191,16 @@ impl Inspector {
         let deadline = Instant::now() + grace;
         let handles: Vec<JoinHandle<()>> =
             std::mem::take(&mut *self.workers.lock().expect("workers lock"));
-        let tx = self.tx.clone();
-        let n = handles.len();
+        // Stop jobs queue behind the pushes already waiting, so those are inspected first.
+        for _ in 0..handles.len() {
+            self.queue.push_always(Job::Stop);
+        }
         let joined = tokio::task::spawn_blocking(move || {
-            // Stop jobs queue behind the pushes already waiting, so those are inspected first.
-            for _ in 0..n {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if tx.send_timeout(Job::Stop, left).is_err() {
-                    return false;
-                }
-            }
             for h in handles {
                 let _ = h.join();
             }
-            true
         });
-        matches!(
-            tokio::time::timeout_at(deadline, joined).await,
-            Ok(Ok(true))
-        )
+        matches!(tokio::time::timeout_at(deadline, joined).await, Ok(Ok(())))
     }
 }
 
@@ -266,15 +253,15 @@ impl Priority {
 }
 
 fn worker(
-    rx: Receiver<Job>,
+    queue: &Queue<Job>,
+    consumer: usize,
     limits: DecodeLimits,
     metrics: ProxyMetrics,
     inspector: Arc<dyn PushInspector>,
     queued_bytes: &AtomicUsize,
 ) {
-    while let Ok(job) = rx.recv() {
-        let Job::Inspect(job) = job else { return };
-        metrics.inspect_depth.set(rx.len() as i64);
+    while let Job::Inspect(job) = queue.pop(consumer) {
+        metrics.inspect_depth.set(queue.len() as i64);
         let _guard =
             tracing::info_span!(parent: &job.span, "inspect", bytes = job.body.len()).entered();
         let started = Instant::now();

@@ -1,0 +1,217 @@
+//! The inspection queue: bounded, many producers (the serving threads), a few consumers (the
+//! inspection threads), and a producer never waits for a consumer.
+//!
+//! The consumers run at a lower priority than the producers (`inspect.nice`, or the idle class),
+//! so under CPU contention a consumer is routinely preempted in the middle of taking an item.
+//! A queue whose producer can wait on that (a lock the consumer holds, or a ring slot the
+//! consumer has claimed but not yet released, as in a bounded array channel) turns the lower
+//! priority into a priority inversion: the serving thread spins or sleeps until the consumer
+//! gets a core back. Measured with `crossbeam_channel::bounded` here (docs/benchmarks.md, eighth
+//! session): 42 % of logwarden's CPU was serving threads spinning in `try_send` behind a
+//! preempted inspection thread, with 64 KiB pushes at concurrency 8 on two saturated cores.
+//!
+//! So: items go into a lock-free segmented list (`crossbeam_queue::SegQueue`, whose `push` waits
+//! at most for another producer installing a block, never for a consumer); the bound is an
+//! atomic count reserved before the push; an idle consumer sleeps with `std::thread::park`, and
+//! a producer wakes one with `unpark`, which never blocks.
+
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::thread::Thread;
+
+use crossbeam_queue::SegQueue;
+
+/// A consumer's parking place.
+struct Sleeper {
+    /// Set by the consumer before it parks; whoever swaps it back to false unparks it.
+    asleep: AtomicBool,
+    /// The consumer's thread, set when it first pops.
+    thread: OnceLock<Thread>,
+}
+
+/// A bounded queue whose [`Queue::try_push`] never waits for a consumer.
+pub(crate) struct Queue<T> {
+    items: SegQueue<T>,
+    /// Items in the queue, counting pushes that have reserved their place.
+    len: AtomicUsize,
+    capacity: usize,
+    sleepers: Box<[Sleeper]>,
+}
+
+impl<T> Queue<T> {
+    /// A queue of at most `capacity` items (at least one) for `consumers` consumers, numbered
+    /// from 0.
+    pub(crate) fn new(capacity: usize, consumers: usize) -> Queue<T> {
+        Queue {
+            items: SegQueue::new(),
+            len: AtomicUsize::new(0),
+            capacity: capacity.max(1),
+            sleepers: (0..consumers.max(1))
+                .map(|_| Sleeper {
+                    asleep: AtomicBool::new(false),
+                    thread: OnceLock::new(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Adds `item` unless the queue is full, in which case it is handed back.
+    pub(crate) fn try_push(&self, item: T) -> Result<(), T> {
+        if self.len.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+            return Err(item);
+        }
+        self.push_reserved(item);
+        Ok(())
+    }
+
+    /// Adds `item` even past the capacity (the stop markers of a shutdown, one per consumer).
+    pub(crate) fn push_always(&self, item: T) {
+        self.len.fetch_add(1, Ordering::AcqRel);
+        self.push_reserved(item);
+    }
+
+    fn push_reserved(&self, item: T) {
+        self.items.push(item);
+        // Pairs with the consumer's fence between announcing its sleep and looking again: either
+        // this load sees `asleep`, or that look sees the item.
+        fence(Ordering::SeqCst);
+        for s in &*self.sleepers {
+            if s.asleep.load(Ordering::Relaxed) && s.asleep.swap(false, Ordering::AcqRel) {
+                if let Some(t) = s.thread.get() {
+                    t.unpark();
+                }
+                return;
+            }
+        }
+    }
+
+    /// Takes the oldest item, sleeping while there is none. `consumer` is this consumer's number
+    /// (below the `consumers` given to [`Queue::new`]); each number is used by one thread.
+    pub(crate) fn pop(&self, consumer: usize) -> T {
+        let me = &self.sleepers[consumer];
+        me.thread.get_or_init(std::thread::current);
+        loop {
+            if let Some(item) = self.items.pop() {
+                self.len.fetch_sub(1, Ordering::AcqRel);
+                return item;
+            }
+            me.asleep.store(true, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            if let Some(item) = self.items.pop() {
+                me.asleep.store(false, Ordering::Relaxed);
+                self.len.fetch_sub(1, Ordering::AcqRel);
+                return item;
+            }
+            // A producer that saw `asleep` unparks us (a token left by an earlier unpark only
+            // makes this return at once, and the loop looks again).
+            std::thread::park();
+            me.asleep.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Items in the queue now.
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether the queue is empty now.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most items [`Queue::try_push`] admits.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_full_queue_hands_the_item_back_and_takes_again_once_one_is_taken() {
+        let q = Queue::new(2, 1);
+        assert_eq!(q.try_push(1), Ok(()));
+        assert_eq!(q.try_push(2), Ok(()));
+        assert_eq!(q.try_push(3), Err(3));
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.pop(0), 1, "oldest first");
+        assert_eq!(q.try_push(4), Ok(()));
+        q.push_always(5);
+        assert_eq!(q.len(), 3, "stop markers go past the capacity");
+        assert_eq!((q.pop(0), q.pop(0), q.pop(0)), (2, 4, 5));
+        assert!(q.is_empty());
+    }
+
+    /// Sleeping consumers are woken for every item: nothing pushed is left behind, whatever the
+    /// interleaving of pushes with consumers going to sleep.
+    #[test]
+    fn every_pushed_item_reaches_a_sleeping_consumer() {
+        const PRODUCERS: usize = 3;
+        const PER_PRODUCER: usize = 20_000;
+        const CONSUMERS: usize = 2;
+        let q = Arc::new(Queue::<usize>::new(64, CONSUMERS));
+        let (done, results) = std::sync::mpsc::channel();
+        for c in 0..CONSUMERS {
+            let q = Arc::clone(&q);
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                loop {
+                    match q.pop(c) {
+                        usize::MAX => break,
+                        n => got.push(n),
+                    }
+                }
+                let _ = done.send(got);
+            });
+        }
+        let producers: Vec<_> = (0..PRODUCERS)
+            .map(|p| {
+                let q = Arc::clone(&q);
+                std::thread::spawn(move || {
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                    let mut shed = 0;
+                    for i in 0..PER_PRODUCER {
+                        let mut n = p * PER_PRODUCER + i;
+                        // Retry a full queue, so every item must come out; now and then pause
+                        // so consumers go to sleep and must be woken.
+                        while let Err(back) = q.try_push(n) {
+                            n = back;
+                            shed += 1;
+                            assert!(
+                                std::time::Instant::now() < deadline,
+                                "the queue stayed full: its consumers were not woken"
+                            );
+                            std::thread::yield_now();
+                        }
+                        if i % 997 == 0 {
+                            std::thread::sleep(std::time::Duration::from_micros(200));
+                        }
+                    }
+                    shed
+                })
+            })
+            .collect();
+        for p in producers {
+            p.join().expect("a producer gave up");
+        }
+        for _ in 0..CONSUMERS {
+            q.push_always(usize::MAX);
+        }
+        // A consumer left asleep with items queued never answers: fail instead of hanging.
+        let mut all: Vec<usize> = (0..CONSUMERS)
+            .flat_map(|_| {
+                results
+                    .recv_timeout(std::time::Duration::from_secs(20))
+                    .expect("a consumer was not woken for the items left in the queue")
+            })
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..PRODUCERS * PER_PRODUCER).collect::<Vec<_>>());
+        assert!(q.is_empty());
+    }
+}
