@@ -39,6 +39,11 @@ impl Chunks {
         self.len
     }
 
+    /// Returns the chunks, in order.
+    pub fn parts(&self) -> &[Bytes] {
+        &self.parts
+    }
+
     /// Returns true for an empty body.
     pub fn is_empty(&self) -> bool {
         self.len == 0

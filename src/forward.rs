@@ -22,6 +22,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::body::{Chunks, ChunksBody};
+
+mod h1;
 use crate::config::Config;
 use crate::metrics::ProxyMetrics;
 
@@ -135,11 +137,17 @@ pub fn end_to_end_headers(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// The upstream's answer: status and headers now, body streamed.
+/// Loki's answer body: streamed (hyper's client), or read whole (pushes over [`h1`]).
+enum UpstreamBody {
+    Streamed(Incoming),
+    Whole(Bytes),
+}
+
+/// The upstream's answer: status and headers now, body streamed or already read.
 pub struct UpstreamResponse {
     /// Loki's status code.
     pub status: StatusCode,
-    inner: http::Response<Incoming>,
+    inner: http::Response<UpstreamBody>,
     /// Longest wait for the next piece of the body (`upstream.timeout`).
     idle: Duration,
 }
@@ -154,7 +162,10 @@ impl UpstreamResponse {
     /// Converts Loki's answer into ours: same status, end-to-end headers and body bytes.
     pub fn into_response(self) -> Response {
         let (parts, body) = self.inner.into_parts();
-        let mut response = Response::new(Body::new(IdleTimeout::new(body, self.idle)));
+        let mut response = Response::new(match body {
+            UpstreamBody::Streamed(body) => Body::new(IdleTimeout::new(body, self.idle)),
+            UpstreamBody::Whole(bytes) => Body::from(bytes),
+        });
         *response.status_mut() = parts.status;
         let headers = response.headers_mut();
         *headers = end_to_end_headers(&parts.headers);
@@ -204,6 +215,8 @@ pub struct Forwarder {
     /// One pool per serving thread ([`crate::threads`]), so a pooled connection is driven by
     /// the thread that uses it, plus one for requests from anywhere else.
     pools: std::sync::Arc<[Pool]>,
+    /// The push client for a plain-HTTP/1.1 upstream (`None` for https or HTTP/2).
+    h1: Option<std::sync::Arc<h1::H1>>,
     target: std::sync::Arc<Target>,
     timeout: Duration,
     metrics: ProxyMetrics,
@@ -309,8 +322,26 @@ impl Forwarder {
                 .build(connector.clone())
         };
         let pools = crate::threads::resolve(config.raw.server.threads) + 1;
+        let url = &config.upstream_url;
+        let h1 = if url.scheme() == "http" && !up.http2 {
+            let host = url
+                .host_str()
+                .ok_or_else(|| anyhow::anyhow!("upstream.url has no host"))?;
+            let port = url.port_or_known_default().unwrap_or(80);
+            Some(std::sync::Arc::new(h1::H1::new(
+                &format!("{host}:{port}"),
+                url.path().trim_end_matches('/'),
+                up.connect_timeout,
+                up.pool_idle_timeout,
+                up.pool_max_idle_per_host,
+                pools,
+            )?))
+        } else {
+            None
+        };
         Ok(Forwarder {
             pools: (0..pools).map(|_| build()).collect(),
+            h1,
             target: std::sync::Arc::new(Target::new(&config.upstream_url)?),
             timeout: up.timeout,
             metrics,
@@ -336,6 +367,32 @@ impl Forwarder {
         body: Chunks,
         upgrade: bool,
     ) -> Result<UpstreamResponse, ForwardError> {
+        let mut out_headers = end_to_end_headers(headers);
+        if let Some(auth) = &self.target.basic_auth {
+            out_headers
+                .entry(header::AUTHORIZATION)
+                .or_insert_with(|| auth.clone());
+        }
+        if let (Route::Push, false, Some(h1)) = (route, upgrade, &self.h1) {
+            let started = Instant::now();
+            let sent = h1.send(&method, path_and_query, &out_headers, &body);
+            return match tokio::time::timeout(self.timeout, sent).await {
+                Ok(Ok(answer)) => {
+                    self.observe(route, started);
+                    let mut inner = http::Response::new(UpstreamBody::Whole(answer.body));
+                    *inner.status_mut() = answer.status;
+                    *inner.headers_mut() = answer.headers;
+                    Ok(UpstreamResponse {
+                        status: answer.status,
+                        inner,
+                        idle: self.timeout,
+                    })
+                }
+                // The error names the upstream's host and port at most, never its credentials.
+                Ok(Err(e)) => Err(self.failed(ForwardError::Unreachable(e.to_string()))),
+                Err(_) => Err(self.failed(ForwardError::Timeout(self.timeout))),
+            };
+        }
         let mut request = http::Request::new(body.into_body());
         *request.method_mut() = method;
         *request.uri_mut() = match self.target.uri_for(path_and_query) {
@@ -344,13 +401,8 @@ impl Forwarder {
             // prefix makes invalid; Loki cannot be asked.
             Err(e) => return Err(self.failed(ForwardError::Unreachable(e.to_string()))),
         };
+        *request.headers_mut() = out_headers;
         let out_headers = request.headers_mut();
-        *out_headers = end_to_end_headers(headers);
-        if let Some(auth) = &self.target.basic_auth {
-            out_headers
-                .entry(header::AUTHORIZATION)
-                .or_insert_with(|| auth.clone());
-        }
         if upgrade {
             // Connection and Upgrade are hop-by-hop, but an upgrade must name them to the next hop.
             if let Some(u) = headers.get(header::UPGRADE) {
@@ -365,13 +417,10 @@ impl Forwarder {
         let result = tokio::time::timeout(self.timeout, self.pool().request(request)).await;
         match result {
             Ok(Ok(inner)) => {
-                self.metrics
-                    .upstream_duration
-                    .with_label_values(&[route.as_str()])
-                    .observe(started.elapsed().as_secs_f64());
+                self.observe(route, started);
                 Ok(UpstreamResponse {
                     status: inner.status(),
-                    inner,
+                    inner: inner.map(UpstreamBody::Streamed),
                     idle: self.timeout,
                 })
             }
@@ -379,6 +428,13 @@ impl Forwarder {
             Ok(Err(e)) => Err(self.failed(ForwardError::Unreachable(crate::error_chain(&e)))),
             Err(_) => Err(self.failed(ForwardError::Timeout(self.timeout))),
         }
+    }
+
+    fn observe(&self, route: Route, started: Instant) {
+        self.metrics
+            .upstream_duration
+            .with_label_values(&[route.as_str()])
+            .observe(started.elapsed().as_secs_f64());
     }
 
     fn failed(&self, error: ForwardError) -> ForwardError {
