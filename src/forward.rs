@@ -117,24 +117,41 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Copies the end-to-end headers: drops hop-by-hop ones and any named in `Connection`.
 pub fn end_to_end_headers(headers: &HeaderMap) -> HeaderMap {
+    let named = connection_named(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .map(http::HeaderValue::as_bytes),
+    );
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
-        if !is_hop_by_hop(name) {
+        if is_end_to_end(name, &named) {
             out.append(name.clone(), value.clone());
         }
     }
-    // Headers a `Connection` header names are hop-by-hop too (rare: agents seldom send one).
-    for value in headers.get_all(header::CONNECTION) {
-        let Ok(value) = value.to_str() else { continue };
-        for named in value.split(',') {
-            if let Ok(named) = HeaderName::from_bytes(named.trim().as_bytes()) {
-                if !is_hop_by_hop(&named) {
-                    out.remove(named);
+    out
+}
+
+/// The header names listed in `Connection` header values: hop-by-hop too (rare: agents and
+/// Loki seldom send one, and then mostly `keep-alive` or `close`). Empty without allocating
+/// when there are none.
+fn connection_named<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<HeaderName> {
+    let mut named = Vec::new();
+    for value in values {
+        for token in value.split(|&b| b == b',') {
+            if let Ok(name) = HeaderName::from_bytes(token.trim_ascii()) {
+                if !is_hop_by_hop(&name) {
+                    named.push(name);
                 }
             }
         }
     }
-    out
+    named
+}
+
+/// Whether a header goes on to the next hop: not hop-by-hop, not named in `Connection`.
+fn is_end_to_end(name: &HeaderName, connection_named: &[HeaderName]) -> bool {
+    !is_hop_by_hop(name) && !connection_named.contains(name)
 }
 
 /// Loki's answer body: streamed (hyper's client), or read whole (pushes over [`h1`]).
@@ -162,17 +179,22 @@ impl UpstreamResponse {
     /// Converts Loki's answer into ours: same status, end-to-end headers and body bytes.
     pub fn into_response(self) -> Response {
         let (parts, body) = self.inner.into_parts();
-        let mut response = Response::new(match body {
-            UpstreamBody::Streamed(body) => Body::new(IdleTimeout::new(body, self.idle)),
-            UpstreamBody::Whole(bytes) => Body::from(bytes),
-        });
+        let (body, headers) = match body {
+            UpstreamBody::Streamed(body) => {
+                let mut headers = end_to_end_headers(&parts.headers);
+                // Keep Loki's declared length so the client sees exactly what Loki sent.
+                if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
+                    headers.insert(header::CONTENT_LENGTH, len.clone());
+                }
+                (Body::new(IdleTimeout::new(body, self.idle)), headers)
+            }
+            // The push client kept only the end-to-end headers; the body's exact length
+            // (Loki's `Content-Length`, or what a chunked answer added up to) is sent with it.
+            UpstreamBody::Whole(bytes) => (Body::from(bytes), parts.headers),
+        };
+        let mut response = Response::new(body);
         *response.status_mut() = parts.status;
-        let headers = response.headers_mut();
-        *headers = end_to_end_headers(&parts.headers);
-        // Keep Loki's declared length so the client sees exactly what Loki sent.
-        if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
-            headers.insert(header::CONTENT_LENGTH, len.clone());
-        }
+        *response.headers_mut() = headers;
         response
     }
 
@@ -367,15 +389,10 @@ impl Forwarder {
         body: Chunks,
         upgrade: bool,
     ) -> Result<UpstreamResponse, ForwardError> {
-        let mut out_headers = end_to_end_headers(headers);
-        if let Some(auth) = &self.target.basic_auth {
-            out_headers
-                .entry(header::AUTHORIZATION)
-                .or_insert_with(|| auth.clone());
-        }
         if let (Route::Push, false, Some(h1)) = (route, upgrade, &self.h1) {
             let started = Instant::now();
-            let sent = h1.send(&method, path_and_query, &out_headers, &body);
+            let auth = self.target.basic_auth.as_ref();
+            let sent = h1.send(&method, path_and_query, headers, auth, &body);
             return match tokio::time::timeout(self.timeout, sent).await {
                 Ok(Ok(answer)) => {
                     self.observe(route, started);
@@ -401,8 +418,13 @@ impl Forwarder {
             // prefix makes invalid; Loki cannot be asked.
             Err(e) => return Err(self.failed(ForwardError::Unreachable(e.to_string()))),
         };
-        *request.headers_mut() = out_headers;
         let out_headers = request.headers_mut();
+        *out_headers = end_to_end_headers(headers);
+        if let Some(auth) = &self.target.basic_auth {
+            out_headers
+                .entry(header::AUTHORIZATION)
+                .or_insert_with(|| auth.clone());
+        }
         if upgrade {
             // Connection and Upgrade are hop-by-hop, but an upgrade must name them to the next hop.
             if let Some(u) = headers.get(header::UPGRADE) {

@@ -112,16 +112,18 @@ impl H1 {
         &self.pools[crate::threads::current().map_or(shared, |i| i.min(shared))]
     }
 
-    /// Sends one request (`headers` are the end-to-end headers to send, credentials included)
-    /// and reads Loki's whole answer.
+    /// Sends one request with the end-to-end ones of the client's `headers` (and `auth` when
+    /// the client sent no `Authorization`) and reads Loki's whole answer, whose headers are
+    /// its end-to-end ones.
     pub(super) async fn send(
         &self,
         method: &Method,
         path_and_query: &str,
         headers: &HeaderMap,
+        auth: Option<&HeaderValue>,
         body: &Chunks,
     ) -> Result<Answer, H1Error> {
-        let head = self.head(method, path_and_query, headers, body.len());
+        let head = self.head(method, path_and_query, headers, auth, body.len());
         // A pooled connection Loki has closed since is seen here or fails the write; the
         // request then goes on a new connection (Loki cannot have acted on a request it did not
         // receive). A failure after the request was sent is not retried: the client retries.
@@ -151,6 +153,7 @@ impl H1 {
         method: &Method,
         path_and_query: &str,
         headers: &HeaderMap,
+        auth: Option<&HeaderValue>,
         len: usize,
     ) -> Vec<u8> {
         let mut head = Vec::with_capacity(128 + path_and_query.len() + 64 * headers.len());
@@ -162,11 +165,25 @@ impl H1 {
         head.extend_from_slice(self.host.as_bytes());
         head.extend_from_slice(b"\r\n");
         // Header names and values cannot hold CR or LF (the http crate checks both).
-        for (name, value) in headers {
+        let mut line = |name: &HeaderName, value: &HeaderValue| {
             head.extend_from_slice(name.as_str().as_bytes());
             head.extend_from_slice(b": ");
             head.extend_from_slice(value.as_bytes());
             head.extend_from_slice(b"\r\n");
+        };
+        let named = super::connection_named(
+            headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        );
+        for (name, value) in headers {
+            if super::is_end_to_end(name, &named) {
+                line(name, value);
+            }
+        }
+        if let Some(auth) = auth.filter(|_| !headers.contains_key(header::AUTHORIZATION)) {
+            line(&header::AUTHORIZATION, auth);
         }
         let _ = write!(head, "content-length: {len}\r\n\r\n");
         head
@@ -240,14 +257,14 @@ enum Framing {
 /// Reads one answer; returns it and whether the connection can carry another request.
 async fn read_answer(stream: &mut TcpStream, method: &Method) -> Result<(Answer, bool), H1Error> {
     let mut buf = BytesMut::with_capacity(4096);
-    let (status, headers, keep_alive) = loop {
-        if let Some((len, status, headers, keep_alive)) = parse_head(&buf)? {
-            buf.advance(len);
+    let head = loop {
+        if let Some(head) = parse_head(&buf, method)? {
+            buf.advance(head.len);
             // Interim answers (100 Continue and the like) come before the final one.
-            if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
                 continue;
             }
-            break (status, headers, keep_alive);
+            break head;
         }
         if buf.len() >= MAX_HEAD {
             return Err(H1Error::Malformed(format!(
@@ -256,8 +273,7 @@ async fn read_answer(stream: &mut TcpStream, method: &Method) -> Result<(Answer,
         }
         fill(stream, &mut buf).await?;
     };
-    let framing = framing(status, method, &headers)?;
-    let body = match framing {
+    let body = match head.framing {
         Framing::Empty => Bytes::new(),
         Framing::Length(n) => {
             if n > MAX_ANSWER {
@@ -282,11 +298,11 @@ async fn read_answer(stream: &mut TcpStream, method: &Method) -> Result<(Answer,
             buf.split().freeze()
         }
     };
-    let reusable = keep_alive && framing != Framing::Close && buf.is_empty();
+    let reusable = head.keep_alive && head.framing != Framing::Close && buf.is_empty();
     Ok((
         Answer {
-            status,
-            headers,
+            status: head.status,
+            headers: head.headers,
             body,
         },
         reusable,
@@ -303,11 +319,20 @@ async fn fill(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), H1Error>
     }
 }
 
-type Head = (usize, StatusCode, HeaderMap, bool);
+/// A parsed response head.
+struct Head {
+    /// Its length in bytes.
+    len: usize,
+    status: StatusCode,
+    /// The end-to-end headers (hop-by-hop ones and those `Connection` names dropped).
+    headers: HeaderMap,
+    /// HTTP/1.1 without `Connection: close`.
+    keep_alive: bool,
+    framing: Framing,
+}
 
-/// Parses a complete response head at the start of `buf`: its length, status, headers and
-/// whether the connection stays open after it (HTTP/1.1 without `Connection: close`).
-fn parse_head(buf: &[u8]) -> Result<Option<Head>, H1Error> {
+/// Parses a complete response head (the answer to a `method` request) at the start of `buf`.
+fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, H1Error> {
     let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut lines);
     let len = match response.parse(buf) {
@@ -319,19 +344,40 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, H1Error> {
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or_else(|| H1Error::Malformed("status code".to_owned()))?;
-    let mut keep_alive = response.version == Some(1);
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
-    for h in response.headers.iter() {
+    let lines: &[httparse::Header<'_>] = response.headers;
+    let named = |wanted: &'static str| {
+        lines
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(wanted))
+            .map(|h| h.value)
+    };
+    let keep_alive =
+        response.version == Some(1) && !named("connection").any(|v| has_token(v, "close"));
+    let framing = framing(
+        status,
+        method,
+        named("transfer-encoding"),
+        named("content-length"),
+    )?;
+    let connection_named = super::connection_named(named("connection"));
+    let mut headers = HeaderMap::with_capacity(lines.len());
+    for h in lines {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| H1Error::Malformed(format!("header name {:?}", h.name)))?;
+        if !super::is_end_to_end(&name, &connection_named) {
+            continue;
+        }
         let value = HeaderValue::from_bytes(h.value)
             .map_err(|_| H1Error::Malformed(format!("value of header {}", h.name)))?;
-        if name == header::CONNECTION && has_token(h.value, "close") {
-            keep_alive = false;
-        }
         headers.append(name, value);
     }
-    Ok(Some((len, status, headers, keep_alive)))
+    Ok(Some(Head {
+        len,
+        status,
+        headers,
+        keep_alive,
+        framing,
+    }))
 }
 
 fn has_token(value: &[u8], token: &str) -> bool {
@@ -340,7 +386,12 @@ fn has_token(value: &[u8], token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
-fn framing(status: StatusCode, method: &Method, headers: &HeaderMap) -> Result<Framing, H1Error> {
+fn framing<'a>(
+    status: StatusCode,
+    method: &Method,
+    transfer_encoding: impl Iterator<Item = &'a [u8]>,
+    content_length: impl Iterator<Item = &'a [u8]>,
+) -> Result<Framing, H1Error> {
     if method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -348,13 +399,8 @@ fn framing(status: StatusCode, method: &Method, headers: &HeaderMap) -> Result<F
     {
         return Ok(Framing::Empty);
     }
-    if let Some(last) = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-    {
+    if let Some(last) = transfer_encoding.last() {
         let chunked = last
-            .as_bytes()
             .rsplit(|&b| b == b',')
             .next()
             .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
@@ -365,8 +411,8 @@ fn framing(status: StatusCode, method: &Method, headers: &HeaderMap) -> Result<F
         });
     }
     let mut length = None;
-    for value in &headers.get_all(header::CONTENT_LENGTH) {
-        let n = std::str::from_utf8(value.as_bytes())
+    for value in content_length {
+        let n = std::str::from_utf8(value)
             .ok()
             .and_then(|v| v.trim().parse::<usize>().ok())
             .ok_or_else(|| H1Error::Malformed("content-length".to_owned()))?;
@@ -505,14 +551,20 @@ mod tests {
         headers.insert("x-scope-orgid", HeaderValue::from_static("acme"));
         let pushed = body(&[b"\x00\x01snappy", b"", b"\xff\xfe tail"]);
         let a = h1
-            .send(&Method::POST, "/loki/api/v1/push?x=%20", &headers, &pushed)
+            .send(
+                &Method::POST,
+                "/loki/api/v1/push?x=%20",
+                &headers,
+                None,
+                &pushed,
+            )
             .await
             .unwrap();
         assert_eq!(a.status, StatusCode::NO_CONTENT);
         assert_eq!(a.headers.get("x-loki").unwrap(), "a");
         assert!(a.body.is_empty());
         let a = h1
-            .send(&Method::POST, "/p", &headers, &pushed)
+            .send(&Method::POST, "/p", &headers, None, &pushed)
             .await
             .unwrap();
         assert_eq!(
@@ -520,7 +572,7 @@ mod tests {
             (400, &b"entry too ol"[..])
         );
         let a = h1
-            .send(&Method::POST, "/p", &headers, &pushed)
+            .send(&Method::POST, "/p", &headers, None, &pushed)
             .await
             .unwrap();
         assert_eq!((a.status.as_u16(), &a.body[..]), (429, &b"slow down"[..]));
@@ -532,6 +584,54 @@ mod tests {
         let mut expected = expected_head.into_bytes();
         expected.extend_from_slice(b"\x00\x01snappy\xff\xfe tail");
         assert_eq!(seen[0], expected);
+    }
+
+    #[tokio::test]
+    async fn hop_by_hop_headers_stay_behind_both_ways_and_credentials_go_only_when_none_were_sent()
+    {
+        let (addr, seen) = upstream(vec![
+            &b"HTTP/1.1 204 No Content\r\nConnection: keep-alive, x-hop\r\nKeep-Alive: timeout=5\r\nX-Hop: 1\r\nX-Loki: a\r\n\r\n"[..],
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        ])
+        .await;
+        let h1 = client(&addr, "");
+        let auth = HeaderValue::from_static("Basic dTpw");
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("host", "proxy:3101"),
+            ("content-length", "999"),
+            ("x-scope-orgid", "acme"),
+        ] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        let a = h1
+            .send(&Method::POST, "/p", &headers, Some(&auth), &body(&[b"x"]))
+            .await
+            .unwrap();
+        let kept: Vec<_> = a.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(kept, ["x-loki"], "Loki's hop-by-hop headers are dropped");
+        headers.insert("authorization", HeaderValue::from_static("Bearer agent"));
+        h1.send(&Method::POST, "/p", &headers, Some(&auth), &body(&[b"x"]))
+            .await
+            .unwrap();
+        let seen = seen.await.unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&seen[0]),
+            format!("POST /p HTTP/1.1\r\nhost: {addr}\r\nx-scope-orgid: acme\r\nauthorization: Basic dTpw\r\ncontent-length: 1\r\n\r\nx")
+        );
+        let second = String::from_utf8_lossy(&seen[1]).into_owned();
+        assert!(
+            second.contains("authorization: Bearer agent\r\n"),
+            "{second}"
+        );
+        assert!(
+            !second.contains("Basic"),
+            "the agent's own credential wins: {second}"
+        );
     }
 
     #[tokio::test]
@@ -553,18 +653,18 @@ mod tests {
         let h1 = client(&addr, "");
         let one = body(&[b"x"]);
         let a = h1
-            .send(&Method::POST, "/p", &HeaderMap::new(), &one)
+            .send(&Method::POST, "/p", &HeaderMap::new(), None, &one)
             .await
             .unwrap();
         assert_eq!((a.status.as_u16(), &a.body[..]), (500, &b"boom"[..]));
         // Each answer needed a new connection (the server accepts once per answer).
         let a = h1
-            .send(&Method::POST, "/p", &HeaderMap::new(), &one)
+            .send(&Method::POST, "/p", &HeaderMap::new(), None, &one)
             .await
             .unwrap();
         assert_eq!(a.status, StatusCode::NO_CONTENT);
         let a = h1
-            .send(&Method::POST, "/p", &HeaderMap::new(), &one)
+            .send(&Method::POST, "/p", &HeaderMap::new(), None, &one)
             .await
             .unwrap();
         assert_eq!(&a.body[..], b"ok");
@@ -592,12 +692,12 @@ mod tests {
         });
         let h1 = client(&addr, "");
         let one = body(&[b"x"]);
-        h1.send(&Method::POST, "/p", &HeaderMap::new(), &one)
+        h1.send(&Method::POST, "/p", &HeaderMap::new(), None, &one)
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let a = h1
-            .send(&Method::POST, "/p", &HeaderMap::new(), &one)
+            .send(&Method::POST, "/p", &HeaderMap::new(), None, &one)
             .await
             .unwrap();
         assert_eq!(a.status, StatusCode::NO_CONTENT);
@@ -628,7 +728,7 @@ mod tests {
             let (addr, _seen) = upstream(vec![answer]).await;
             let h1 = client(&addr, "");
             let e = h1
-                .send(&Method::POST, "/p", &HeaderMap::new(), &body(&[b"x"]))
+                .send(&Method::POST, "/p", &HeaderMap::new(), None, &body(&[b"x"]))
                 .await
                 .unwrap_err()
                 .to_string();
@@ -643,7 +743,7 @@ mod tests {
             l.local_addr().unwrap().to_string()
         };
         let e = client(&addr, "")
-            .send(&Method::POST, "/p", &HeaderMap::new(), &body(&[b"x"]))
+            .send(&Method::POST, "/p", &HeaderMap::new(), None, &body(&[b"x"]))
             .await
             .unwrap_err();
         assert!(matches!(e, H1Error::Connect(_)), "{e}");
