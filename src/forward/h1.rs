@@ -4,7 +4,7 @@
 //! channel, with a oneshot back for the answer, a pool keyed by a hashed URI and a streamed
 //! answer body. Forwarding a 64 KiB push through it cost about 39,700 instructions on the
 //! serving thread, two thirds of all the thread did per push; through this client it costs about
-//! 21,000 (callgrind, docs/benchmarks.md, eighth session). A push needs much less: write the head and the body's chunks in vectored writes
+//! 17,000 (callgrind, docs/benchmarks.md, eighth session). A push needs much less: write the head and the body's chunks in vectored writes
 //! on a connection the request itself holds, read Loki's answer (a status, a few headers, a
 //! short body), and put the connection back into this serving thread's pool.
 //!
