@@ -345,6 +345,7 @@ impl Forwarder {
         };
         let pools = crate::threads::resolve(config.raw.server.threads) + 1;
         let url = &config.upstream_url;
+        let target = Target::new(url)?;
         let h1 = if url.scheme() == "http" && !up.http2 {
             let host = url
                 .host_str()
@@ -352,6 +353,7 @@ impl Forwarder {
             let port = url.port_or_known_default().unwrap_or(80);
             Some(std::sync::Arc::new(h1::H1::new(
                 &format!("{host}:{port}"),
+                target.authority.as_str(),
                 url.path().trim_end_matches('/'),
                 up.connect_timeout,
                 up.pool_idle_timeout,
@@ -364,7 +366,7 @@ impl Forwarder {
         Ok(Forwarder {
             pools: (0..pools).map(|_| build()).collect(),
             h1,
-            target: std::sync::Arc::new(Target::new(&config.upstream_url)?),
+            target: std::sync::Arc::new(target),
             timeout: up.timeout,
             metrics,
         })

@@ -87,8 +87,10 @@ pub(super) enum H1Error {
 }
 
 impl H1 {
-    /// A client for `authority` (`host:port`, the port given) behind the base path `prefix`.
+    /// A client connecting to `addr` (`host:port`), naming `authority` in `Host` (as the
+    /// upstream URL spells it), behind the base path `prefix`.
     pub(super) fn new(
+        addr: &str,
         authority: &str,
         prefix: &str,
         connect_timeout: Duration,
@@ -97,7 +99,7 @@ impl H1 {
         pools: usize,
     ) -> anyhow::Result<H1> {
         Ok(H1 {
-            addr: authority.to_owned(),
+            addr: addr.to_owned(),
             host: HeaderValue::from_str(authority)?,
             prefix: prefix.to_owned(),
             connect_timeout,
@@ -516,6 +518,7 @@ mod tests {
 
     fn client(addr: &str, prefix: &str) -> H1 {
         H1::new(
+            addr,
             addr,
             prefix,
             Duration::from_secs(2),
