@@ -2,10 +2,11 @@
 //!
 //! Receives the client's method, path, end-to-end headers and body (the bytes as read, in the
 //! chunks they were read in). Emits Loki's status, headers and body, streamed back. Owns the
-//! pooled upstream clients (hyper's, one pool per serving thread). Hop-by-hop headers are dropped in both directions
-//! (RFC 9110 §7.6.1); nothing else is added or changed. When Loki does not answer, the error
-//! becomes 502 (unreachable) or 504 (too slow): both make Promtail and Alloy retry, so nothing
-//! is lost.
+//! pooled upstream clients, one pool per serving thread: hyper's, and for pushes to a
+//! plain-HTTP/1.1 Loki a lean client of our own ([`h1`]). Hop-by-hop headers are dropped in
+//! both directions (RFC 9110 §7.6.1); nothing else is added or changed. When Loki does not
+//! answer, the error becomes 502 (unreachable) or 504 (too slow): both make Promtail and Alloy
+//! retry, so nothing is lost.
 
 use std::future::Future as _;
 use std::time::Duration;
@@ -22,10 +23,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::body::{Chunks, ChunksBody};
-
-mod h1;
 use crate::config::Config;
 use crate::metrics::ProxyMetrics;
+
+mod h1;
 
 /// Which kind of request is forwarded; a metric label value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,7 +355,7 @@ impl Forwarder {
             Some(std::sync::Arc::new(h1::H1::new(
                 &format!("{host}:{port}"),
                 target.authority.as_str(),
-                url.path().trim_end_matches('/'),
+                &target.prefix,
                 up.connect_timeout,
                 up.pool_idle_timeout,
                 up.pool_max_idle_per_host,
