@@ -73,6 +73,16 @@ impl Chunks {
     }
 }
 
+impl FromIterator<Bytes> for Chunks {
+    fn from_iter<I: IntoIterator<Item = Bytes>>(chunks: I) -> Chunks {
+        let mut body = Chunks::new();
+        for chunk in chunks {
+            body.push(chunk);
+        }
+        body
+    }
+}
+
 /// [`Chunks`] as an outgoing HTTP body: one data frame per chunk, exact size hint (so the
 /// request carries `Content-Length`, like the client's).
 #[derive(Debug)]
@@ -113,11 +123,7 @@ mod tests {
     use http_body_util::BodyExt;
 
     fn chunks(parts: &[&'static [u8]]) -> Chunks {
-        let mut c = Chunks::new();
-        for p in parts {
-            c.push(Bytes::from_static(p));
-        }
-        c
+        parts.iter().map(|p| Bytes::from_static(p)).collect()
     }
 
     #[tokio::test]

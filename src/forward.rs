@@ -375,8 +375,7 @@ impl Forwarder {
 
     /// Returns the pool of the serving thread this runs on (the shared one elsewhere).
     fn pool(&self) -> &Pool {
-        let shared = self.pools.len() - 1;
-        &self.pools[crate::threads::current().map_or(shared, |i| i.min(shared))]
+        &self.pools[crate::threads::own_or_shared(self.pools.len())]
     }
 
     /// Sends one request and waits for Loki's response headers, at most `upstream.timeout`.

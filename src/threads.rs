@@ -24,6 +24,13 @@ pub fn current() -> Option<usize> {
     INDEX.with(Cell::get)
 }
 
+/// Picks from per-thread resources laid out as one per serving thread plus a last, shared one
+/// (`len` in all, at least one): this serving thread's, or the shared one off them.
+pub fn own_or_shared(len: usize) -> usize {
+    let shared = len - 1;
+    current().map_or(shared, |i| i.min(shared))
+}
+
 struct Worker {
     handle: tokio::runtime::Handle,
     /// Connections this thread serves now.

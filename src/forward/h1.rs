@@ -110,8 +110,7 @@ impl H1 {
     }
 
     fn pool(&self) -> &Mutex<Vec<Idle>> {
-        let shared = self.pools.len() - 1;
-        &self.pools[crate::threads::current().map_or(shared, |i| i.min(shared))]
+        &self.pools[crate::threads::own_or_shared(self.pools.len())]
     }
 
     /// Sends one request with the end-to-end ones of the client's `headers` (and `auth` when
@@ -530,11 +529,7 @@ mod tests {
     }
 
     fn body(parts: &[&'static [u8]]) -> Chunks {
-        let mut c = Chunks::new();
-        for p in parts {
-            c.push(Bytes::from_static(p));
-        }
-        c
+        parts.iter().map(|p| Bytes::from_static(p)).collect()
     }
 
     #[tokio::test]
