@@ -383,6 +383,9 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Summary> {
     run_with(args, None).await
 }
 
+/// How far behind its schedule a paced sender may be and still make the time up.
+const CATCH_UP: Duration = Duration::from_millis(100);
+
 /// Like [`run`], and calls `on_ack` with every batch as it is acknowledged.
 ///
 /// # Errors
@@ -431,6 +434,10 @@ pub async fn run_with(args: LoadgenArgs, on_ack: Option<AckHook>) -> anyhow::Res
         let ledger = verifying.then(|| Arc::clone(&ledger));
         tasks.spawn(async move {
             let mut latencies: Vec<Duration> = Vec::new();
+            // When this worker's next batch is due under `--rate`: a schedule of its own,
+            // advanced by each batch's share of the rate, so the timer's late wake-ups (it
+            // has millisecond resolution) do not add up and lower the rate.
+            let mut next_due: Option<Instant> = None;
             loop {
                 let batch_no = counters.batches_started.fetch_add(1, Ordering::Relaxed);
                 if Instant::now() >= deadline || (args.batches > 0 && batch_no >= args.batches) {
@@ -485,10 +492,17 @@ pub async fn run_with(args: LoadgenArgs, on_ack: Option<AckHook>) -> anyhow::Res
                         .fetch_add(batch.attack_lines, Ordering::Relaxed);
                 }
                 if args.rate > 0 {
-                    // Pace: this worker's share of the target line rate.
+                    // Pace: this worker's share of the target line rate. A worker that fell
+                    // behind (slow answers, a retry) makes up at most `CATCH_UP` of it, so a
+                    // stalled upstream is not followed by a burst.
                     let per_worker = args.rate as f64 / args.concurrency.max(1) as f64;
                     let due = Duration::from_secs_f64(batch.lines as f64 / per_worker);
-                    tokio::time::sleep_until(batch_started + due).await;
+                    let now = Instant::now();
+                    let from = next_due
+                        .unwrap_or(batch_started)
+                        .max(now.checked_sub(CATCH_UP).unwrap_or(now));
+                    next_due = Some(from + due);
+                    tokio::time::sleep_until(from + due).await;
                 }
             }
             latencies

@@ -91,6 +91,37 @@ async fn other_4xx_drops_the_batch_without_retry() {
     assert_eq!(loki.requests().len(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_is_held_over_all_senders() {
+    // Small batches make each sender's pause between batches a couple of milliseconds, the
+    // scale at which the timer's late wake-ups used to lower the rate by a fifth or more.
+    let loki = FakeLoki::start().await;
+    let url = format!("{}/loki/api/v1/push", loki.url());
+    let rate = 10_000.0;
+    let s = run(args(
+        &url,
+        &[
+            "--batches",
+            "2000",
+            "--batch-bytes",
+            "1024",
+            "--concurrency",
+            "2",
+            "--rate",
+            "10000",
+        ],
+    ))
+    .await
+    .unwrap();
+    assert!(!s.lost_lines());
+    let achieved = s.lines_acked as f64 / s.elapsed_seconds;
+    assert!(
+        (0.9 * rate..=1.1 * rate).contains(&achieved),
+        "asked for {rate} lines/s, sent {achieved:.0} lines/s ({} batches)",
+        s.batches_acked
+    );
+}
+
 #[tokio::test]
 async fn unreachable_target_exhausts_retries() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
