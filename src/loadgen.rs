@@ -427,7 +427,7 @@ pub async fn run_with(args: LoadgenArgs, on_ack: Option<AckHook>) -> anyhow::Res
     let started = Instant::now();
     let deadline = started + args.duration;
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..args.concurrency.max(1) {
+    for worker in 0..args.concurrency.max(1) {
         let (client, args, counters) = (client.clone(), Arc::clone(&args), Arc::clone(&counters));
         let prebuilt = Arc::clone(&prebuilt);
         let on_ack = on_ack.clone();
@@ -436,7 +436,8 @@ pub async fn run_with(args: LoadgenArgs, on_ack: Option<AckHook>) -> anyhow::Res
             let mut latencies: Vec<Duration> = Vec::new();
             // When this worker's next batch is due under `--rate`: a schedule of its own,
             // advanced by each batch's share of the rate, so the timer's late wake-ups (it
-            // has millisecond resolution) do not add up and lower the rate.
+            // has millisecond resolution) do not add up and lower the rate. The senders'
+            // schedules are spread over a batch's interval, so that they do not send in step.
             let mut next_due: Option<Instant> = None;
             loop {
                 let batch_no = counters.batches_started.fetch_add(1, Ordering::Relaxed);
@@ -498,8 +499,9 @@ pub async fn run_with(args: LoadgenArgs, on_ack: Option<AckHook>) -> anyhow::Res
                     let per_worker = args.rate as f64 / args.concurrency.max(1) as f64;
                     let due = Duration::from_secs_f64(batch.lines as f64 / per_worker);
                     let now = Instant::now();
+                    let spread = due.mul_f64(worker as f64 / args.concurrency.max(1) as f64);
                     let from = next_due
-                        .unwrap_or(batch_started)
+                        .unwrap_or(batch_started + spread)
                         .max(now.checked_sub(CATCH_UP).unwrap_or(now));
                     next_due = Some(from + due);
                     tokio::time::sleep_until(from + due).await;
