@@ -2,7 +2,7 @@
 """Forwarding cost of logwarden against the anchors, measured in one run on this machine.
 
     python3 benches/proxy_compare.py [--duration 10] [--rounds 3] [--out FILE.md] [--config logwarden.yml]
-                                     [--baseline-bin OLD/logwarden]
+                                     [--baseline-bin OLD/logwarden] [--rate LINES_PER_S]
 
 Targets, all on 127.0.0.1:
   sink       loadgen -> a sink (nginx answering 204 to everything)
@@ -11,8 +11,10 @@ Targets, all on 127.0.0.1:
 
 For each target, 64 KiB and 1 MiB pushes (line bytes, snappy protobuf) at concurrency 1 and 8:
 requests/s, MB/s (line bytes), p50/p99 latency, CPU seconds of the proxy per GB of log lines,
-and the proxy's peak RSS. Each cell runs every target `--rounds` times, interleaved in a rotating
-order, and reports the median round (req/s, latencies) and the CPU over all rounds: on a shared
+and the proxy's peak RSS. Without `--rate` the load generator sends as fast as each target
+answers (throughput); with `--rate N` it offers N log lines/s to every target (latency at a
+given load, and whether logwarden inspects every push at that rate). Each cell runs every
+target `--rounds` times, interleaved in a rotating order, and reports the median round (req/s, latencies) and the CPU over all rounds: on a shared
 machine a burst of other work then lands on one round of one target, not on a whole column.
 Needs nginx (Debian package) and a release build
 (`cargo build --release`). Prints a Markdown table (and writes it to --out).
@@ -124,9 +126,10 @@ def inspected_lines(port):
     return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("logwarden_push_lines_total{"))
 
 
-def loadgen(url, batch, conc, duration):
+def loadgen(url, batch, conc, duration, rate):
     cmd = [BIN, "loadgen", "--url", url, "--duration", f"{duration}s", "--batch-bytes", str(batch),
-           "--concurrency", str(conc), "--prebuilt", "16", "--json", "--max-retries", "0"]
+           "--concurrency", str(conc), "--prebuilt", "16", "--json", "--max-retries", "0",
+           "--rate", str(rate)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"loadgen failed: {out.stderr}")
@@ -140,6 +143,8 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--config", help="logwarden config file (default: embedded defaults)")
     ap.add_argument("--baseline-bin", help="an earlier logwarden build to run beside this one (target 'baseline')")
+    ap.add_argument("--rate", type=int, default=0,
+                    help="offered log lines per second in every cell (0: as fast as each target answers)")
     args = ap.parse_args()
     if not shutil.which("nginx"):
         sys.exit("nginx is required (apt-get install nginx)")
@@ -197,7 +202,7 @@ def main():
                         cpu0 = cpu_seconds(pids)
                         seen0 = inspected_lines(lw[0]) if lw else 0
                         insp0 = inspection_cpu_seconds(lw[1].pid) if lw else 0
-                        s = loadgen(url, batch, conc, args.duration)
+                        s = loadgen(url, batch, conc, args.duration, args.rate)
                         if lw:
                             time.sleep(1)  # let queued inspections finish
                             counted[name][0] += inspected_lines(lw[0]) - seen0
@@ -246,9 +251,11 @@ def main():
                     b = cell["baseline"]
                     ratios.append(f"{push} c{conc} logwarden / baseline: req/s {lw['rps'] / b['rps']:.2f}x, "
                                   f"p99 {lw['p99'] / b['p99']:.2f}x")
-                ratios.append(f"{push} c{conc}: req/s {lw['rps'] / ng['rps']:.2f}x, p99 {lw['p99'] / ng['p99']:.2f}x, "
+                ratios.append(f"{push} c{conc}: req/s {lw['rps'] / ng['rps']:.2f}x, p50 {lw['p50'] / ng['p50']:.2f}x, "
+                              f"p99 {lw['p99'] / ng['p99']:.2f}x, inspected {100 * lw['inspected']:.0f} %, "
                               f"forwarding CPU per request {lw['us_fwd'] / ng['us_fwd']:.2f}x")
-        table = "\n".join(lines) + "\n\nMedian rounds, logwarden / nginx unless named:\n" + "\n".join(f"- {r}" for r in ratios)
+        offered = f"Offered: {args.rate} lines/s in every cell.\n\n" if args.rate else "Offered: as fast as each target answers.\n\n"
+        table = offered + "\n".join(lines) + "\n\nMedian rounds, logwarden / nginx unless named:\n" + "\n".join(f"- {r}" for r in ratios)
         print(table)
         if args.out:
             with open(args.out, "w") as f:

@@ -176,7 +176,9 @@ impl Default for LimitsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct InspectConfig {
     /// Pushes waiting for inspection; when full, inspection (never forwarding) is shed and
-    /// counted in `logwarden_inspect_queue_dropped_total`. Default 1024.
+    /// counted in `logwarden_inspect_queue_dropped_total`. Default 8192: with Promtail-sized
+    /// 64 KiB batches (about 12 KiB as sent) `queue_bytes` is reached first, so both small and
+    /// large batches get a backlog of about a second or more of inspection work.
     pub queue_capacity: usize,
     /// Body bytes (as sent) waiting for inspection at most; past it inspection is shed like
     /// with a full queue. Bounds the memory a burst of large pushes can hold. Default 64MiB.
@@ -204,7 +206,7 @@ pub struct InspectConfig {
 impl Default for InspectConfig {
     fn default() -> Self {
         InspectConfig {
-            queue_capacity: 1024,
+            queue_capacity: 8192,
             queue_bytes: ByteSize(64 << 20),
             workers: 0,
             idle_priority: false,
