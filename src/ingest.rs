@@ -165,14 +165,20 @@ pub async fn push(State(app): State<App>, request: Request) -> Response {
         let response = match forwarded {
             Ok(upstream) => {
                 if !upstream.client_will_retry() {
-                    app.inspector().offer(Inspection {
+                    let inspection = Inspection {
                         tenant,
                         content_type: header_string(&parts.headers, header::CONTENT_TYPE),
                         content_encoding: header_string(&parts.headers, header::CONTENT_ENCODING),
                         api: PushApi::from_path(parts.uri.path()),
                         body,
                         span: tracing::Span::current(),
-                    });
+                    };
+                    // Hand the push over once this connection's task has written the answer
+                    // (the spawned task runs after the current poll): an inspection thread
+                    // woken first takes the idle core the agent's wake-up would have used, and
+                    // the agent then waits for it to yield that core.
+                    let app = app.clone();
+                    tokio::spawn(async move { app.inspector().offer(inspection) });
                 }
                 upstream.into_response()
             }
