@@ -556,6 +556,12 @@ impl DetectMetrics {
 
 // === impl Detector ===
 
+/// Lines [`Detector::process`] (the inspection threads' path) runs between two offers of its
+/// core to a thread waiting for it (`sched_yield`), about 0.2 ms of work. Without them an
+/// inspection thread, niced or not, keeps its core for a whole scheduler slice while a serving
+/// thread or the agent waits behind it; with nothing waiting, a yield is one system call.
+const YIELD_EVERY: usize = 512;
+
 /// Runs the rule set over log lines; shared by all inspection workers (`&self` everywhere).
 pub struct Detector {
     compiled: RwLock<Arc<Compiled>>,
@@ -652,7 +658,10 @@ impl Detector {
         let mut batch = self.batch(tenant);
         for stream in &push.streams {
             batch.set_stream_labels(&stream.labels);
-            batch.entries(&stream.entries, &mut |_| {});
+            for part in stream.entries.chunks(YIELD_EVERY) {
+                batch.entries(part, &mut |_| {});
+                std::thread::yield_now();
+            }
         }
         batch.flush(sink);
         self.metrics.duration.observe(start.elapsed().as_secs_f64());
