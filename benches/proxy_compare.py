@@ -14,8 +14,9 @@ requests/s, MB/s (line bytes), p50/p99 latency, CPU seconds of the proxy per GB 
 and the proxy's peak RSS. Without `--rate` the load generator sends as fast as each target
 answers (throughput); with `--rate N` it offers N log lines/s to every target (latency at a
 given load, and whether logwarden inspects every push at that rate). Each cell runs every
-target `--rounds` times, interleaved in a rotating order, and reports the median round (req/s, latencies) and the CPU over all rounds: on a shared
-machine a burst of other work then lands on one round of one target, not on a whole column.
+target `--rounds` times, interleaved in a rotating order, and reports the median round (req/s,
+latencies) and the CPU over all rounds: on a shared machine a burst of other work then lands on
+one round of one target, not on a whole column.
 Needs nginx (Debian package) and a release build
 (`cargo build --release`). Prints a Markdown table (and writes it to --out).
 """

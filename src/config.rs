@@ -181,7 +181,8 @@ pub struct InspectConfig {
     /// large batches get a backlog of about a second or more of inspection work.
     pub queue_capacity: usize,
     /// Body bytes (as sent) waiting for inspection at most; past it inspection is shed like
-    /// with a full queue. Bounds the memory a burst of large pushes can hold. Default 64MiB.
+    /// with a full queue. Bounds the memory a burst of pushes can hold (about twice this: a
+    /// queued body keeps the buffers it was read into). Default 64MiB.
     pub queue_bytes: ByteSize,
     /// Inspection worker threads; 0 means one per CPU but one, leaving a core for forwarding.
     /// Default 0.

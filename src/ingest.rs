@@ -176,7 +176,8 @@ pub async fn push(State(app): State<App>, request: Request) -> Response {
                     // Hand the push over once this connection's task has written the answer
                     // (the spawned task runs after the current poll): an inspection thread
                     // woken first takes the idle core the agent's wake-up would have used, and
-                    // the agent then waits for it to yield that core.
+                    // the agent then waits for it to yield that core. A serving thread that is
+                    // stopped runs its ready tasks once more first (`threads`).
                     let app = app.clone();
                     tokio::spawn(async move { app.inspector().offer(inspection) });
                 }

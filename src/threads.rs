@@ -80,7 +80,12 @@ impl ServingThreads {
                     };
                     INDEX.with(|i| i.set(Some(index)));
                     let _ = ready_tx.send(Ok(runtime.handle().clone()));
-                    let _ = runtime.block_on(stopped);
+                    runtime.block_on(async {
+                        let _ = stopped.await;
+                        // Let the tasks that are ready run once more, among them the hand-offs
+                        // of pushes answered just before the stop (see `ingest::push`).
+                        tokio::task::yield_now().await;
+                    });
                     // Dropping the runtime here (outside any async context) cancels what is left.
                 })?;
             let handle = ready_rx
