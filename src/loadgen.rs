@@ -499,9 +499,13 @@ pub async fn run_with(args: LoadgenArgs, on_ack: Option<AckHook>) -> anyhow::Res
                     let per_worker = args.rate as f64 / args.concurrency.max(1) as f64;
                     let due = Duration::from_secs_f64(batch.lines as f64 / per_worker);
                     let now = Instant::now();
-                    let spread = due.mul_f64(worker as f64 / args.concurrency.max(1) as f64);
                     let from = next_due
-                        .unwrap_or(batch_started + spread)
+                        .unwrap_or_else(|| {
+                            // The first batch: start this worker's schedule at its share of
+                            // the interval.
+                            let share = worker as f64 / args.concurrency.max(1) as f64;
+                            batch_started + due.mul_f64(share)
+                        })
                         .max(now.checked_sub(CATCH_UP).unwrap_or(now));
                     next_due = Some(from + due);
                     tokio::time::sleep_until(from + due).await;

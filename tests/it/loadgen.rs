@@ -98,6 +98,7 @@ async fn rate_is_held_over_all_senders() {
     let loki = FakeLoki::start().await;
     let url = format!("{}/loki/api/v1/push", loki.url());
     let rate = 10_000.0;
+    let rate_arg = rate.to_string();
     let s = run(args(
         &url,
         &[
@@ -108,7 +109,7 @@ async fn rate_is_held_over_all_senders() {
             "--concurrency",
             "2",
             "--rate",
-            "10000",
+            &rate_arg,
         ],
     ))
     .await
