@@ -128,6 +128,24 @@ async fn push_not_waiting_on_inspection(proxy: &Proxy) -> u16 {
         .expect("the push waited on inspection")
 }
 
+/// Waits until each of `pushes` answered pushes beyond the one held in the worker has been
+/// handed over (queued or shed): the hand-off runs just after the answer is written.
+async fn handed_over(proxy: &Proxy, pushes: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let queued = proxy.app.inspector().depth() as u64;
+        if queued + proxy.app.metrics().inspect_dropped.get() >= pushes - 1 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{queued} queued and {} shed of {pushes} pushes after 5 s",
+            proxy.app.metrics().inspect_dropped.get()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn full_inspection_queue_sheds_inspection_not_forwarding() {
     let loki = FakeLoki::start().await;
@@ -145,6 +163,7 @@ async fn full_inspection_queue_sheds_inspection_not_forwarding() {
         assert_eq!(push_not_waiting_on_inspection(&proxy).await, 204);
     }
     assert_eq!(loki.requests().len(), 6);
+    handed_over(&proxy, 6).await;
     let dropped = proxy.app.metrics().inspect_dropped.get();
     // One in the worker, one queued; the other four are shed.
     assert_eq!(dropped, 4);
@@ -174,6 +193,7 @@ async fn queued_body_bytes_are_bounded() {
     }
     // One fixture fits in the byte budget; the other three are shed although the queue has
     // room for 100 pushes.
+    handed_over(&proxy, 5).await;
     let dropped = proxy.app.metrics().inspect_dropped.get();
     assert_eq!(dropped, 3);
 }
