@@ -35,7 +35,12 @@ pub enum PushApi {
 impl PushApi {
     /// Returns the dialect Loki uses for a request path (`loghttp.GetVersion`).
     pub fn from_path(path: &str) -> Self {
-        if path.to_ascii_lowercase().contains("/loki/api/v1") {
+        const V1: &[u8] = b"/loki/api/v1";
+        if path
+            .as_bytes()
+            .windows(V1.len())
+            .any(|w| w.eq_ignore_ascii_case(V1))
+        {
             PushApi::V1
         } else {
             PushApi::Legacy

@@ -1,4 +1,5 @@
-//! HTTP clients: one place that builds every outgoing `reqwest` client.
+//! HTTP helpers: one place that builds every outgoing `reqwest` client, and the byte ranges
+//! the hand-written HTTP/1.1 reader and client share parsed heads by.
 //!
 //! reqwest is built with rustls and the ring provider (no C build of aws-lc); such a client
 //! needs the process-wide crypto provider installed before it is built, which
@@ -12,6 +13,20 @@ pub fn install_crypto_provider() {
         // Err means a provider is installed already (ours or the embedder's): keep it.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
+}
+
+/// Where `part`, a subslice of `whole` (a header `httparse` found in a read buffer, say), sits
+/// in it: the header can then be a shared slice of the frozen buffer instead of a copy.
+pub(crate) fn range_in(whole: &[u8], part: &[u8]) -> std::ops::Range<usize> {
+    let start = (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+    debug_assert!(start + part.len() <= whole.len(), "not a subslice");
+    start..start + part.len()
+}
+
+/// Whether `value` is a valid header value for the `http` crate (visible ASCII, obs-text,
+/// space and tab), checked before a value is built from a shared buffer.
+pub(crate) fn valid_header_value(value: &[u8]) -> bool {
+    value.iter().all(|&b| (b >= 32 && b != 127) || b == b'\t')
 }
 
 /// Returns a client builder with the crypto provider in place.

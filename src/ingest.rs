@@ -92,10 +92,7 @@ pub async fn read_body_capped(
     limit: usize,
     timeout: std::time::Duration,
 ) -> Result<Chunks, BodyError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = content_length(headers);
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(BodyError::TooLarge { limit });
     }
@@ -121,17 +118,62 @@ pub async fn read_body_capped(
     }
 }
 
-/// Handles `POST /loki/api/v1/push` and `POST /api/prom/push`.
+/// The request's `Content-Length`, when it is one valid number.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Handles `POST /loki/api/v1/push` and `POST /api/prom/push` (the router's handler; plain
+/// HTTP/1.1 pushes with a length usually arrive through [`crate::server`]'s own reader, which
+/// calls [`push_with`] directly).
 pub async fn push(State(app): State<App>, request: Request) -> Response {
-    let (mut parts, body) = request.into_parts();
-    if !authenticate(&app, &mut parts.headers) {
+    let (parts, body) = request.into_parts();
+    let limit = app.config().max_body_bytes;
+    let timeout = app.config().raw.server.body_read_timeout;
+    let mut declared = HeaderMap::new();
+    if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
+        declared.insert(header::CONTENT_LENGTH, len.clone());
+    }
+    let (response, inspection) = push_with(&app, parts, move || async move {
+        read_body_capped(&declared, body, limit, timeout).await
+    })
+    .await;
+    if let Some(inspection) = inspection {
+        // Hand the push over once this connection's task has written the answer (the spawned
+        // task runs after the current poll): an inspection thread woken first takes the idle
+        // core the agent's wake-up would have used, and the agent then waits for it to yield
+        // that core. A serving thread that is stopped runs its ready tasks once more first
+        // (`threads`).
+        let app = app.clone();
+        tokio::spawn(async move { app.inspector().offer(inspection) });
+    }
+    response
+}
+
+/// The push policy, whoever read the request: authenticate, read the body with `read_body`
+/// (called at most once, after authentication), forward it, and answer with Loki's verdict.
+/// Returns the answer and, for a push Loki accepted for good, its inspection: the caller
+/// offers it to [`crate::inspect::Inspector::offer`] once the answer is written.
+pub async fn push_with<F, Fut>(
+    app: &App,
+    mut parts: http::request::Parts,
+    read_body: F,
+) -> (Response, Option<Inspection>)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Chunks, BodyError>>,
+{
+    if !authenticate(app, &mut parts.headers) {
         app.metrics()
             .push_rejected
             .with_label_values(&["unauthorized"])
             .inc();
         let denied = unauthorized();
-        record_status(&app, denied.status());
-        return denied;
+        record_status(app, denied.status());
+        return (denied, None);
     }
     let tenant = tenant_of(&parts.headers, &app.config().inspect.default_tenant);
     let span = tracing::info_span!(
@@ -142,14 +184,14 @@ pub async fn push(State(app): State<App>, request: Request) -> Response {
     );
     let metrics = app.metrics();
     async {
-        let body = match read_body_capped(&parts.headers, body, app.config().max_body_bytes, app.config().raw.server.body_read_timeout).await {
+        let body = match read_body().await {
             Ok(b) => b,
             Err(e) => {
                 metrics.push_rejected.with_label_values(&[e.reason()]).inc();
                 let response = e.into_response();
-                record_status(&app, response.status());
+                record_status(app, response.status());
                 tracing::warn!(%tenant, reason = "body", status = response.status().as_u16(), "push rejected before forwarding");
-                return response;
+                return (response, None);
             }
         };
         tracing::Span::current().record("bytes", body.len());
@@ -162,24 +204,18 @@ pub async fn push(State(app): State<App>, request: Request) -> Response {
             .push(path_and_query, &parts.headers, body.clone()) // shares the chunks
             .instrument(tracing::info_span!("forward"))
             .await;
+        let mut inspection = None;
         let response = match forwarded {
             Ok(upstream) => {
                 if !upstream.client_will_retry() {
-                    let inspection = Inspection {
+                    inspection = Some(Inspection {
                         tenant,
                         content_type: header_string(&parts.headers, header::CONTENT_TYPE),
                         content_encoding: header_string(&parts.headers, header::CONTENT_ENCODING),
                         api: PushApi::from_path(parts.uri.path()),
                         body,
                         span: tracing::Span::current(),
-                    };
-                    // Hand the push over once this connection's task has written the answer
-                    // (the spawned task runs after the current poll): an inspection thread
-                    // woken first takes the idle core the agent's wake-up would have used, and
-                    // the agent then waits for it to yield that core. A serving thread that is
-                    // stopped runs its ready tasks once more first (`threads`).
-                    let app = app.clone();
-                    tokio::spawn(async move { app.inspector().offer(inspection) });
+                    });
                 }
                 upstream.into_response()
             }
@@ -189,8 +225,8 @@ pub async fn push(State(app): State<App>, request: Request) -> Response {
                 e.into_response()
             }
         };
-        record_status(&app, response.status());
-        response
+        record_status(app, response.status());
+        (response, inspection)
     }
     .instrument(span)
     .await

@@ -14,6 +14,8 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;
 use hyper_util::rt::TokioIo;
 
+mod h1;
+
 use crate::forward::Route;
 use crate::ingest::{push, read_body_capped};
 use crate::App;
@@ -207,6 +209,8 @@ pub async fn serve_connections(
         .max_header_list_size(u32::try_from(settings.max_header_bytes.0).unwrap_or(u32::MAX));
     let limit = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
+    // Tells connections still served by `h1` (not yet handed to hyper) that shutdown began.
+    let (stopping, stop_seen) = tokio::sync::watch::channel(false);
     let service = TowerToHyperService::new(router);
     tokio::pin!(shutdown);
     loop {
@@ -241,6 +245,8 @@ pub async fn serve_connections(
         let builder = builder.clone();
         let service = service.clone();
         let watcher = graceful.watcher();
+        let app = app.clone();
+        let stop_seen = stop_seen.clone();
         #[cfg(feature = "tls")]
         let tls = tls.map(|t| (t.acceptor(), settings.header_read_timeout));
         #[cfg(not(feature = "tls"))]
@@ -261,10 +267,11 @@ pub async fn serve_connections(
                 // counts against the header read timeout, like a client slow to send its head.
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        if let Err(e) = watcher.watch(conn.into_owned()).await {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        if let h1::Served::HandOff(stream) = h1::serve(stream, &app, stop_seen).await {
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
                         }
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -272,17 +279,23 @@ pub async fn serve_connections(
                 }
                 return;
             }
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            if let h1::Served::HandOff(stream) = h1::serve(stream, &app, stop_seen).await {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let _ = stopping.send(true);
+    let max = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
+    let drained = async {
+        graceful.shutdown().await;
+        // Every connection holds a permit until it ends, whoever serves it.
+        let _all = limit.acquire_many(max).await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(
             ?grace,
             "in-flight requests did not finish within the grace period"

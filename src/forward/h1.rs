@@ -259,8 +259,10 @@ enum Framing {
 async fn read_answer(stream: &mut TcpStream, method: &Method) -> Result<(Answer, bool), H1Error> {
     let mut buf = BytesMut::with_capacity(4096);
     let head = loop {
-        if let Some(head) = parse_head(&buf, method)? {
-            buf.advance(head.len);
+        if buf.is_empty() {
+            fill(stream, &mut buf).await?;
+        }
+        if let Some(head) = parse_head(&mut buf, method)? {
             // Interim answers (100 Continue and the like) come before the final one.
             if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
                 continue;
@@ -322,8 +324,6 @@ async fn fill(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), H1Error>
 
 /// A parsed response head.
 struct Head {
-    /// Its length in bytes.
-    len: usize,
     status: StatusCode,
     /// The end-to-end headers (hop-by-hop ones and those `Connection` names dropped).
     headers: HeaderMap,
@@ -332,8 +332,9 @@ struct Head {
     framing: Framing,
 }
 
-/// Parses a complete response head (the answer to a `method` request) at the start of `buf`.
-fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, H1Error> {
+/// Parses a complete response head (the answer to a `method` request) at the start of `buf`
+/// and takes it out of `buf` (the header values are slices of it, not copies).
+fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Error> {
     let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut lines);
     let len = match response.parse(buf) {
@@ -361,19 +362,26 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, H1Error> {
         named("content-length"),
     )?;
     let connection_named = super::connection_named(named("connection"));
-    let mut headers = HeaderMap::with_capacity(lines.len());
+    let mut kept = Vec::with_capacity(lines.len());
     for h in lines {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| H1Error::Malformed(format!("header name {:?}", h.name)))?;
         if !super::is_end_to_end(&name, &connection_named) {
             continue;
         }
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| H1Error::Malformed(format!("value of header {}", h.name)))?;
+        if !crate::http::valid_header_value(h.value) {
+            return Err(H1Error::Malformed(format!("value of header {}", h.name)));
+        }
+        kept.push((name, crate::http::range_in(buf, h.value)));
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(kept.len());
+    for (name, value) in kept {
+        let value = HeaderValue::from_maybe_shared(head.slice(value))
+            .map_err(|_| H1Error::Malformed(format!("value of header {name}")))?;
         headers.append(name, value);
     }
     Ok(Some(Head {
-        len,
         status,
         headers,
         keep_alive,

@@ -439,3 +439,215 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
     assert_eq!(got.uri.path(), "/loki/api/v1/tail");
     assert_eq!(got.headers["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
 }
+
+/// One HTTP/1.1 answer read off a raw connection: status, headers (names lowercase), body.
+struct RawAnswer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawAnswer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads the next answer from `stream` (`buf` keeps bytes read past it); `None` when the
+/// server closed the connection first.
+async fn read_answer(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<RawAnswer> {
+    use tokio::io::AsyncReadExt;
+    async fn more(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> bool {
+        let mut chunk = [0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("no answer within 10 s")
+            .unwrap_or(0);
+        buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+    let (status, headers, len) = loop {
+        let mut lines = [httparse::EMPTY_HEADER; 64];
+        let mut answer = httparse::Response::new(&mut lines);
+        if let httparse::Status::Complete(len) = answer.parse(buf).expect("a valid answer") {
+            let headers: Vec<(String, String)> = answer
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            break (answer.code.unwrap(), headers, len);
+        }
+        if !more(stream, buf).await {
+            assert!(buf.is_empty(), "connection closed mid-answer");
+            return None;
+        }
+    };
+    buf.drain(..len);
+    let length = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .map_or(0, |(_, v)| v.parse::<usize>().unwrap());
+    assert!(
+        !headers.iter().any(|(n, _)| n == "transfer-encoding"),
+        "unexpected chunked answer"
+    );
+    while buf.len() < length {
+        assert!(more(stream, buf).await, "connection closed mid-body");
+    }
+    let body = buf.drain(..length).collect();
+    Some(RawAnswer {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn raw_push(body: &[u8], extra_headers: &str) -> Vec<u8> {
+    let mut request = format!(
+        "POST /loki/api/v1/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n{extra_headers}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+/// Promtail keeps one connection for its pushes; each push on it, pipelined or not, is
+/// forwarded and answered in order, and a request of another shape (a chunked body, then a
+/// readiness probe) on the same connection is still served.
+#[tokio::test]
+async fn pushes_on_one_connection_are_each_forwarded_and_answered_in_order() {
+    use tokio::io::AsyncWriteExt;
+    let loki = FakeLoki::start().await;
+    let proxy = Proxy::start("", &loki.url(), Arc::new(CountOnly)).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let fixture = promtail_fixture();
+    let (a, b, c) = (
+        fixture.clone(),
+        b"second push".to_vec(),
+        vec![0xffu8; 40_000],
+    );
+
+    s.write_all(&raw_push(&a, "X-Scope-OrgID: t1\r\n"))
+        .await
+        .unwrap();
+    let first = read_answer(&mut s, &mut buf).await.expect("first answer");
+    assert_eq!(first.status, 204);
+    assert!(first.header("date").is_some(), "{:?}", first.headers);
+    assert_eq!(first.header("connection"), None);
+
+    // Two pushes in one write: two answers, in order.
+    let mut both = raw_push(&b, "");
+    both.extend_from_slice(&raw_push(&c, ""));
+    s.write_all(&both).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(read_answer(&mut s, &mut buf).await.unwrap().status, 204);
+    }
+
+    // A chunked push, then a GET, on the same connection.
+    s.write_all(
+        b"POST /loki/api/v1/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_answer(&mut s, &mut buf).await.unwrap().status, 204);
+    s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let ready = read_answer(&mut s, &mut buf).await.unwrap();
+    assert_eq!(
+        (ready.status, ready.body.as_slice()),
+        (200, &b"ready\n"[..])
+    );
+
+    let got = loki.requests();
+    let bodies: Vec<&[u8]> = got.iter().map(|r| &r.body[..]).collect();
+    assert_eq!(
+        bodies,
+        vec![&a[..], &b[..], &c[..], &b"hello world"[..]],
+        "Loki got other bodies, or in another order"
+    );
+    assert_eq!(got[0].headers["x-scope-orgid"], "t1");
+    assert_eq!(got[2].headers["content-length"], "40000");
+    assert_eq!(got[3].headers["content-length"], "11");
+    proxy.stop().await;
+}
+
+/// Loki's refusal reaches the client with its status, content type and body, and the
+/// connection stays usable; `Connection: close` from the client is answered and honoured.
+#[tokio::test]
+async fn a_refusal_keeps_the_connection_and_connection_close_ends_it() {
+    use tokio::io::AsyncWriteExt;
+    let loki = FakeLoki::start().await;
+    let proxy = Proxy::start("", &loki.url(), Arc::new(CountOnly)).await;
+    loki.script([Reply::text(400, "entry too far behind\n")]);
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(&raw_push(b"one", "")).await.unwrap();
+    let refused = read_answer(&mut s, &mut buf).await.unwrap();
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.body, b"entry too far behind\n");
+    assert_eq!(
+        refused.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    s.write_all(&raw_push(b"two", "Connection: close\r\n"))
+        .await
+        .unwrap();
+    let last = read_answer(&mut s, &mut buf).await.unwrap();
+    assert_eq!(last.status, 204);
+    assert_eq!(last.header("connection"), Some("close"));
+    assert!(
+        read_answer(&mut s, &mut buf).await.is_none(),
+        "the connection stayed open after Connection: close"
+    );
+    assert_eq!(loki.requests().len(), 2);
+    proxy.stop().await;
+}
+
+/// Clients that wait for `100 Continue` (curl does for bodies over 1 KiB) and HTTP/1.0
+/// clients are served too.
+#[tokio::test]
+async fn expect_continue_and_http_1_0_pushes_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let loki = FakeLoki::start().await;
+    let proxy = Proxy::start("", &loki.url(), Arc::new(CountOnly)).await;
+    let body = vec![b'x'; 2048];
+
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let head = format!(
+        "POST /loki/api/v1/push HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let interim = read_answer(&mut s, &mut buf).await.unwrap();
+    assert_eq!(interim.status, 100);
+    s.write_all(&body).await.unwrap();
+    assert_eq!(read_answer(&mut s, &mut buf).await.unwrap().status, 204);
+
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let mut request = format!(
+        "POST /loki/api/v1/push HTTP/1.0\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    s.write_all(&request).await.unwrap();
+    assert_eq!(read_answer(&mut s, &mut buf).await.unwrap().status, 204);
+
+    let got = loki.requests();
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|r| r.body == body));
+    proxy.stop().await;
+}

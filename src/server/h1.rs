@@ -1,0 +1,460 @@
+//! Plain HTTP/1.1 pushes, read and answered without hyper's server.
+//!
+//! Almost every request logwarden serves is a push from Promtail or Alloy: `POST` to a push
+//! path, HTTP/1.1 with keep-alive, a `Content-Length` and a body of a few KiB to a few MiB. For
+//! those, hyper's connection state machine, axum's router and the tower service around them
+//! cost the serving thread more than the push itself needs, and on a two-core host every
+//! microsecond the proxy spends is one the agent, Loki or inspection does not get
+//! (docs/benchmarks.md, tenth session). This reader parses the head with `httparse`, reads the
+//! body into one buffer of its exact length, runs the same push policy as the router
+//! ([`crate::ingest::push_with`]) and writes the answer with one vectored write.
+//!
+//! Anything else — another path or method, HTTP/1.0, a chunked body, `Expect`, `Upgrade`, a
+//! head that does not parse or is too large, the HTTP/2 preface — is handed to hyper together
+//! with the bytes already read ([`Served::HandOff`]), and hyper serves the connection from
+//! there on: the answers to unusual requests are hyper's and axum's, as before.
+//!
+//! The limits are the router's: `server.header_read_timeout` runs from when the connection
+//! waits for a head (an idle keep-alive connection included) and closes it, the body must
+//! arrive within `server.body_read_timeout` (408), a declared length over
+//! `limits.max_body_bytes` is refused before anything is read (413), and shutdown closes an
+//! idle connection at once and a busy one after its answer.
+
+use std::io::{self, IoSlice, Write as _};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::body::Chunks;
+use crate::ingest::{push_with, BodyError};
+use crate::App;
+
+/// A connection's read buffer: room for a push's head and, for ordinary batches, its body.
+const READ_BUF: usize = 16 << 10;
+/// Most request header lines read here (hyper's default); a longer head goes to hyper.
+const MAX_HEADERS: usize = 100;
+/// The push paths this reader serves; every other path goes to the router.
+const PUSH_PATHS: [&str; 2] = ["/loki/api/v1/push", "/api/prom/push"];
+
+/// How a connection left this reader.
+pub(super) enum Served<IO> {
+    /// Closed: by the client, a timeout, a write error or shutdown.
+    Closed,
+    /// A request this reader does not serve arrived: hyper serves the connection from here on,
+    /// starting with the bytes already read.
+    HandOff(Rewound<IO>),
+}
+
+/// A push's request head, as the push policy needs it.
+struct PushHead {
+    parts: http::request::Parts,
+    /// The declared body length.
+    content_length: u64,
+    /// False when the client sent `Connection: close`.
+    keep_alive: bool,
+}
+
+/// What the read buffer holds so far (one lives at a time, on the stack: boxing the large
+/// variant would cost an allocation per push).
+#[allow(clippy::large_enum_variant)]
+enum Head {
+    /// A push this reader serves.
+    Push(PushHead),
+    /// Not a whole head yet.
+    Partial,
+    /// Something else: hyper's to answer.
+    Other,
+    /// Something else, found after the head was taken out of the buffer: hyper's to answer,
+    /// with these bytes first.
+    Taken(Bytes),
+}
+
+/// Serves `io` while its requests are plain pushes; see the module documentation.
+pub(super) async fn serve<IO>(
+    mut io: IO,
+    app: &App,
+    mut shutdown: watch::Receiver<bool>,
+) -> Served<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let settings = &app.config().raw.server;
+    let max_head = usize::try_from(settings.max_header_bytes.0).unwrap_or(usize::MAX);
+    let mut buf = BytesMut::with_capacity(READ_BUF);
+    loop {
+        if buf.is_empty() && *shutdown.borrow() {
+            return Served::Closed;
+        }
+        // hyper's rule: the timer runs from when the connection starts waiting for a head.
+        let deadline = Instant::now() + settings.header_read_timeout;
+        let head = loop {
+            match parse_head(&mut buf) {
+                Head::Push(head) => break head,
+                Head::Partial if buf.len() < max_head => {}
+                Head::Partial | Head::Other => {
+                    return Served::HandOff(Rewound {
+                        prefix: buf.freeze(),
+                        io,
+                    })
+                }
+                Head::Taken(head) => {
+                    let mut prefix = BytesMut::from(&head[..]);
+                    prefix.extend_from_slice(&buf);
+                    return Served::HandOff(Rewound {
+                        prefix: prefix.freeze(),
+                        io,
+                    });
+                }
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(READ_BUF);
+            }
+            let idle = buf.is_empty();
+            tokio::select! {
+                biased;
+                read = io.read_buf(&mut buf) => match read {
+                    Ok(0) | Err(_) => return Served::Closed,
+                    Ok(_) => {}
+                },
+                () = tokio::time::sleep_until(deadline) => return Served::Closed,
+                _ = shutdown.changed(), if idle => return Served::Closed,
+            }
+        };
+        let mut keep_alive = head.keep_alive;
+        let mut body_read = false;
+        let limit = app.config().max_body_bytes;
+        let (response, inspection) = if head.content_length > limit as u64 {
+            // Refused before reading: the unread body ends the connection after the answer.
+            push_with(app, head.parts, || async move {
+                Err(BodyError::TooLarge { limit })
+            })
+            .await
+        } else {
+            #[allow(clippy::cast_possible_truncation)] // at most `limit`, a usize
+            let len = head.content_length as usize;
+            let timeout = settings.body_read_timeout;
+            let (io, buf, body_read) = (&mut io, &mut buf, &mut body_read);
+            push_with(app, head.parts, move || async move {
+                let body = read_body(io, buf, len, timeout).await;
+                *body_read = body.is_ok();
+                body
+            })
+            .await
+        };
+        // A body left unread (refused, or the push denied before reading) is not skipped.
+        keep_alive &= body_read && !*shutdown.borrow();
+        let written = write_response(&mut io, response, keep_alive).await;
+        // Only now, with the answer on its way: an inspection thread woken before it would take
+        // the core the agent's wake-up needs, and the agent would wait for it to yield.
+        if let Some(inspection) = inspection {
+            app.inspector().offer(inspection);
+        }
+        if written.is_err() || !keep_alive {
+            let _ = io.shutdown().await;
+            return Served::Closed;
+        }
+    }
+}
+
+/// Parses the head at the start of `buf`, and says whether it is a push this reader serves; a
+/// push's head is taken out of `buf` (its header values are slices of it, not copies).
+fn parse_head(buf: &mut BytesMut) -> Head {
+    if buf.is_empty() {
+        return Head::Partial;
+    }
+    // Checked on the parsed slices, before anything is taken out of `buf`.
+    let mut spans = [const { 0..0 }; MAX_HEADERS];
+    let (len, target, names, content_length, keep_alive) = {
+        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut lines);
+        let len = match request.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Head::Partial,
+            Err(_) => return Head::Other,
+        };
+        let (Some("POST"), Some(target), Some(1)) = (request.method, request.path, request.version)
+        else {
+            return Head::Other;
+        };
+        let path = target.split_once('?').map_or(target, |(p, _)| p);
+        if !PUSH_PATHS.contains(&path) {
+            return Head::Other;
+        }
+        let mut names = Vec::with_capacity(request.headers.len());
+        let mut content_length = None;
+        let mut keep_alive = true;
+        for (h, span) in request.headers.iter().zip(spans.iter_mut()) {
+            let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+                return Head::Other;
+            };
+            if !crate::http::valid_header_value(h.value) {
+                return Head::Other;
+            }
+            if name == header::CONTENT_LENGTH {
+                let n = std::str::from_utf8(h.value)
+                    .ok()
+                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse::<u64>().ok());
+                match (content_length, n) {
+                    (None, Some(n)) => content_length = Some(n),
+                    // Repeated or malformed: hyper's rules apply.
+                    _ => return Head::Other,
+                }
+            } else if name == header::TRANSFER_ENCODING
+                || name == header::EXPECT
+                || name == header::UPGRADE
+            {
+                return Head::Other;
+            } else if name == header::CONNECTION
+                && h.value
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+            {
+                keep_alive = false;
+            }
+            *span = crate::http::range_in(buf, h.value);
+            names.push(name);
+        }
+        let Some(content_length) = content_length else {
+            return Head::Other;
+        };
+        let target = crate::http::range_in(buf, target.as_bytes());
+        (len, target, names, content_length, keep_alive)
+    };
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(names.len());
+    for (name, value) in names.into_iter().zip(spans) {
+        match HeaderValue::from_maybe_shared(head.slice(value)) {
+            Ok(value) => {
+                headers.append(name, value);
+            }
+            // Checked above with the same rule; should it ever differ, hyper gets the request.
+            Err(_) => return Head::Taken(head),
+        }
+    }
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(target)) else {
+        return Head::Taken(head);
+    };
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = Method::POST;
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    parts.headers = headers;
+    Head::Push(PushHead {
+        parts,
+        content_length,
+        keep_alive,
+    })
+}
+
+/// Reads a body of exactly `len` bytes (what `buf` already holds first) into one buffer of
+/// that size, within `timeout`. Bytes after it stay in `buf`: the next request's.
+async fn read_body<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    len: usize,
+    timeout: std::time::Duration,
+) -> Result<Chunks, BodyError> {
+    let mut chunks = Chunks::new();
+    if buf.len() >= len {
+        chunks.push(buf.split_to(len).freeze());
+        return Ok(chunks);
+    }
+    let mut body = BytesMut::with_capacity(len);
+    body.extend_from_slice(buf);
+    buf.clear();
+    let read = async {
+        while body.len() < len {
+            let want = len - body.len();
+            if io.read_buf(&mut (&mut body).limit(want)).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the client closed the connection before the body was complete",
+                ));
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Err(_) => Err(BodyError::Timeout),
+        Ok(Err(e)) => Err(BodyError::Read(e.to_string())),
+        Ok(Ok(())) => {
+            chunks.push(body.freeze());
+            Ok(chunks)
+        }
+    }
+}
+
+/// Writes `response` as HTTP/1.1: its status, headers (a `Date` added when it has none) and
+/// body, with its exact length when known and chunked otherwise. Statuses that carry no body
+/// (1xx, 204, 304) are written without one.
+async fn write_response<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    response: axum::response::Response,
+    keep_alive: bool,
+) -> io::Result<()> {
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(
+        status
+            .canonical_reason()
+            .unwrap_or("<unknown status code>")
+            .as_bytes(),
+    );
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+        {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        head.extend_from_slice(b"date: ");
+        with_date(|d| head.extend_from_slice(d));
+        head.extend_from_slice(b"\r\n");
+    }
+    if !keep_alive {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    let bodiless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    if bodiless {
+        head.extend_from_slice(b"\r\n");
+        return io.write_all(&head).await;
+    }
+    if body.size_hint().exact().is_some() {
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?
+            .to_bytes();
+        write!(head, "content-length: {}\r\n\r\n", bytes.len())?;
+        return write_all_vectored(io, &head, &bytes).await;
+    }
+    // A streamed answer of unknown length (Loki over HTTP/2 or TLS): chunked, as it comes.
+    head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+    io.write_all(&head).await?;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| io::Error::other(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if data.is_empty() {
+                continue;
+            }
+            let mut size = Vec::with_capacity(12);
+            write!(size, "{:x}\r\n", data.len())?;
+            io.write_all(&size).await?;
+            io.write_all(&data).await?;
+            io.write_all(b"\r\n").await?;
+        }
+    }
+    io.write_all(b"0\r\n\r\n").await
+}
+
+/// Writes `head` then `body`, in as few `writev` calls as the socket takes.
+async fn write_all_vectored<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    head: &[u8],
+    body: &[u8],
+) -> io::Result<()> {
+    let mut chain = Buf::chain(head, body);
+    while chain.has_remaining() {
+        let mut slices = [IoSlice::new(&[]); 2];
+        let n = chain.chunks_vectored(&mut slices);
+        let written = io.write_vectored(&slices[..n]).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        chain.advance(written);
+    }
+    Ok(())
+}
+
+/// Calls `f` with the current `Date` header value, formatted once per second per thread.
+fn with_date(f: impl FnOnce(&[u8])) {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut date = cell.borrow_mut();
+        if date.0 != second {
+            *date = (second, httpdate::fmt_http_date(now));
+        }
+        f(date.1.as_bytes());
+    });
+}
+
+/// A connection handed to hyper: the bytes this reader already read come first.
+pub(super) struct Rewound<IO> {
+    prefix: Bytes,
+    io: IO,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Rewound<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.prefix.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let n = this.prefix.len().min(buf.remaining());
+        buf.put_slice(&this.prefix[..n]);
+        this.prefix.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewound<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
