@@ -656,11 +656,18 @@ impl Detector {
     pub fn process(&self, tenant: &str, push: &PushView<'_>, sink: &dyn IncidentSink) {
         let start = tokio::time::Instant::now();
         let mut batch = self.batch(tenant);
+        // Lines since the last yield, counted across streams: a push of many small streams
+        // (Promtail sends one per label set) yields as often as one of a single stream.
+        let mut since_yield = 0;
         for stream in &push.streams {
             batch.set_stream_labels(&stream.labels);
             for part in stream.entries.chunks(YIELD_EVERY) {
                 batch.entries(part, &mut |_| {});
-                std::thread::yield_now();
+                since_yield += part.len();
+                if since_yield >= YIELD_EVERY {
+                    since_yield = 0;
+                    std::thread::yield_now();
+                }
             }
         }
         batch.flush(sink);

@@ -458,3 +458,77 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewound<IO> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PUSH: &[u8] = b"POST /loki/api/v1/push?x=1 HTTP/1.1\r\nHost: loki\r\nContent-Type: application/x-protobuf\r\nX-Scope-OrgID: t1\r\nX-Odd: caf\xe9\r\nContent-Length: 4\r\n\r\nbody";
+
+    #[test]
+    fn a_push_head_is_taken_out_with_its_headers_and_the_body_stays() {
+        let head_len = PUSH.len() - 4;
+        for cut in 0..head_len {
+            let mut buf = BytesMut::from(&PUSH[..cut]);
+            assert!(
+                matches!(parse_head(&mut buf), Head::Partial),
+                "cut at {cut}"
+            );
+            assert_eq!(buf.len(), cut, "a partial head was consumed");
+        }
+        let mut buf = BytesMut::from(PUSH);
+        let Head::Push(head) = parse_head(&mut buf) else {
+            panic!("a plain push was not served here");
+        };
+        assert_eq!(&buf[..], b"body");
+        assert_eq!(head.content_length, 4);
+        assert!(head.keep_alive);
+        assert_eq!(head.parts.uri, "/loki/api/v1/push?x=1");
+        let headers = &head.parts.headers;
+        assert_eq!(headers.len(), 5);
+        assert_eq!(headers["host"], "loki");
+        assert_eq!(headers["x-scope-orgid"], "t1");
+        assert_eq!(headers["x-odd"].as_bytes(), b"caf\xe9");
+        assert_eq!(headers["content-length"], "4");
+    }
+
+    #[test]
+    fn other_requests_are_left_whole_for_hyper() {
+        let others: [&[u8]; 13] = [
+            b"GET /loki/api/v1/push HTTP/1.1\r\n\r\n",
+            b"POST /loki/api/v1/query HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"POST /loki/api/v1/push HTTP/1.0\r\nContent-Length: 0\r\n\r\n",
+            b"POST /loki/api/v1/push HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST /loki/api/v1/push HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
+            b"POST /loki/api/v1/push HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            b"POST /loki/api/v1/push HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+            b"POST /loki/api/v1/push HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /loki/api/v1/push HTTP/1.1\r\nContent-Length: 3\r\nUpgrade: websocket\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"POST http://loki/loki/api/v1/push HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"POST /loki/api/v1/push HTTP/1.1\r\nX-Bad: a\x01b\r\nContent-Length: 0\r\n\r\n",
+            b"\x16\x03\x01\x02\x00\x01\xfc\x03\x03",
+        ];
+        for other in others {
+            let mut buf = BytesMut::from(other);
+            assert!(
+                matches!(parse_head(&mut buf), Head::Other),
+                "{:?}",
+                String::from_utf8_lossy(other)
+            );
+            assert_eq!(&buf[..], other, "bytes were taken before the hand-off");
+        }
+    }
+
+    #[test]
+    fn connection_close_is_found_among_other_tokens() {
+        let mut buf = BytesMut::from(
+            &b"POST /api/prom/push HTTP/1.1\r\nConnection: keep-alive, Close\r\nContent-Length: 0\r\n\r\n"[..],
+        );
+        let Head::Push(head) = parse_head(&mut buf) else {
+            panic!("a legacy push was not served here");
+        };
+        assert!(!head.keep_alive);
+        assert!(buf.is_empty());
+    }
+}
