@@ -79,20 +79,20 @@ impl IntoResponse for BodyError {
     }
 }
 
-/// Reads a whole request body, refusing more than `limit` bytes (checked against
-/// `Content-Length` first, so an oversized push is refused before it is read). The chunks are
+/// Reads a whole request body, refusing more than `limit` bytes (checked against the
+/// `declared` length, [`content_length`], first, so an oversized push is refused before it is
+/// read). The chunks are
 /// kept as read (see [`crate::body`]); trailers are dropped.
 ///
 /// # Errors
 /// [`BodyError::TooLarge`] over the cap, [`BodyError::Timeout`] when the client is too slow,
 /// [`BodyError::Read`] when the body stream fails.
 pub async fn read_body_capped(
-    headers: &HeaderMap,
+    declared: Option<u64>,
     body: Body,
     limit: usize,
     timeout: std::time::Duration,
 ) -> Result<Chunks, BodyError> {
-    let declared = content_length(headers);
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(BodyError::TooLarge { limit });
     }
@@ -133,12 +133,9 @@ pub async fn push(State(app): State<App>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let limit = app.config().max_body_bytes;
     let timeout = app.config().raw.server.body_read_timeout;
-    let mut declared = HeaderMap::new();
-    if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
-        declared.insert(header::CONTENT_LENGTH, len.clone());
-    }
-    let (response, inspection) = push_with(&app, parts, move || async move {
-        read_body_capped(&declared, body, limit, timeout).await
+    let declared = content_length(&parts.headers);
+    let (response, inspection) = push_with(&app, parts, move || {
+        read_body_capped(declared, body, limit, timeout)
     })
     .await;
     if let Some(inspection) = inspection {

@@ -80,7 +80,7 @@ async fn proxy(State(app): State<App>, mut request: Request) -> Response {
     // Query and OTLP request bodies are small; buffering them (capped) lets the upstream request
     // carry an exact Content-Length like the client's.
     let body = match read_body_capped(
-        &parts.headers,
+        crate::ingest::content_length(&parts.headers),
         body,
         app.config().max_body_bytes,
         app.config().raw.server.body_read_timeout,
