@@ -335,9 +335,13 @@ struct Head {
 /// Parses a complete response head (the answer to a `method` request) at the start of `buf`
 /// and takes it out of `buf` (the header values are slices of it, not copies).
 fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Error> {
-    let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut lines);
-    let len = match response.parse(buf) {
+    let mut lines = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut lines,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(H1Error::Malformed(e.to_string())),

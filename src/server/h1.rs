@@ -171,11 +171,10 @@ fn parse_head(buf: &mut BytesMut) -> Head {
         return Head::Partial;
     }
     // Checked on the parsed slices, before anything is taken out of `buf`.
-    let mut spans = [const { 0..0 }; MAX_HEADERS];
-    let (len, target, names, content_length, keep_alive) = {
-        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut lines);
-        let len = match request.parse(buf) {
+    let (len, target, kept, content_length, keep_alive) = {
+        let mut lines = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut []);
+        let len = match request.parse_with_uninit_headers(buf, &mut lines) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Head::Partial,
             Err(_) => return Head::Other,
@@ -188,10 +187,11 @@ fn parse_head(buf: &mut BytesMut) -> Head {
         if !PUSH_PATHS.contains(&path) {
             return Head::Other;
         }
-        let mut names = Vec::with_capacity(request.headers.len());
+        // Each header's name and where its value sits in `buf`.
+        let mut kept = Vec::with_capacity(request.headers.len());
         let mut content_length = None;
         let mut keep_alive = true;
-        for (h, span) in request.headers.iter().zip(spans.iter_mut()) {
+        for h in request.headers.iter() {
             let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
                 return Head::Other;
             };
@@ -220,18 +220,17 @@ fn parse_head(buf: &mut BytesMut) -> Head {
             {
                 keep_alive = false;
             }
-            *span = crate::http::range_in(buf, h.value);
-            names.push(name);
+            kept.push((name, crate::http::range_in(buf, h.value)));
         }
         let Some(content_length) = content_length else {
             return Head::Other;
         };
         let target = crate::http::range_in(buf, target.as_bytes());
-        (len, target, names, content_length, keep_alive)
+        (len, target, kept, content_length, keep_alive)
     };
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(names.len());
-    for (name, value) in names.into_iter().zip(spans) {
+    let mut headers = HeaderMap::with_capacity(kept.len());
+    for (name, value) in kept {
         match HeaderValue::from_maybe_shared(head.slice(value)) {
             Ok(value) => {
                 headers.append(name, value);
