@@ -254,6 +254,61 @@ fn parse_head(buf: &mut BytesMut) -> Head {
     })
 }
 
+/// Runs [`parse_head`] on `input` and panics when one of the reader's promises breaks (for the
+/// fuzz target `request_head`): a request it does not serve leaves the buffer as it was, and a
+/// push's head is taken out whole, with every header line's value as sent and its length as
+/// declared.
+#[doc(hidden)]
+pub fn check_head(input: &[u8]) {
+    let mut buf = BytesMut::from(input);
+    match parse_head(&mut buf) {
+        Head::Partial | Head::Other => {
+            assert_eq!(&buf[..], input, "bytes taken from a request not served")
+        }
+        Head::Taken(head) => {
+            let mut whole = head.to_vec();
+            whole.extend_from_slice(&buf);
+            assert_eq!(whole, input, "a handed-off request lost bytes");
+        }
+        Head::Push(push) => {
+            let consumed = input.len() - buf.len();
+            assert_eq!(
+                &input[consumed..],
+                &buf[..],
+                "the rest is not what followed the head"
+            );
+            let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut request = httparse::Request::new(&mut lines);
+            assert_eq!(
+                request.parse(&input[..consumed]),
+                Ok(httparse::Status::Complete(consumed)),
+                "the head taken is not one whole head"
+            );
+            assert_eq!(request.headers.len(), push.parts.headers.len());
+            for line in request.headers.iter() {
+                assert!(
+                    push.parts
+                        .headers
+                        .get_all(line.name)
+                        .iter()
+                        .any(|v| v.as_bytes() == line.value),
+                    "header {} changed",
+                    line.name
+                );
+            }
+            let declared =
+                std::str::from_utf8(push.parts.headers[header::CONTENT_LENGTH].as_bytes())
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok());
+            assert_eq!(
+                declared,
+                Some(push.content_length),
+                "the length read is not the one declared"
+            );
+        }
+    }
+}
+
 /// Reads a body of exactly `len` bytes (what `buf` already holds first) into one buffer of
 /// that size, within `timeout`. Bytes after it stay in `buf`: the next request's.
 async fn read_body<IO: AsyncRead + Unpin>(
@@ -517,6 +572,16 @@ mod tests {
             );
             assert_eq!(&buf[..], other, "bytes were taken before the hand-off");
         }
+    }
+
+    #[test]
+    fn the_fuzz_check_holds_for_every_shape_here() {
+        check_head(PUSH);
+        check_head(&PUSH[..20]);
+        check_head(
+            b"POST /loki/api/v1/push HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        );
+        check_head(b"\x16\x03\x01");
     }
 
     #[test]
