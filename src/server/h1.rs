@@ -584,6 +584,64 @@ mod tests {
         check_head(b"\x16\x03\x01");
     }
 
+    /// Loki's answer goes out with its status, headers and body bytes: with its length when
+    /// known, chunked when streamed without one, and without a body for 204.
+    #[tokio::test]
+    async fn answers_are_written_with_their_bytes_whatever_their_framing() {
+        use axum::body::Body;
+        async fn written(response: axum::response::Response, keep_alive: bool) -> String {
+            let mut out = Vec::new();
+            write_response(&mut out, response, keep_alive)
+                .await
+                .unwrap();
+            String::from_utf8(out).unwrap()
+        }
+        let date = "date: Fri, 27 Nov 2026 10:00:00 GMT\r\n";
+        let mut whole = axum::response::Response::new(Body::from("entry too far behind\n"));
+        *whole.status_mut() = StatusCode::BAD_REQUEST;
+        whole
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        whole.headers_mut().insert(
+            header::DATE,
+            HeaderValue::from_static("Fri, 27 Nov 2026 10:00:00 GMT"),
+        );
+        assert_eq!(
+            written(whole, true).await,
+            format!("HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n{date}content-length: 21\r\n\r\nentry too far behind\n")
+        );
+
+        let parts: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(b"hello")),
+            Ok(Bytes::new()),
+            Ok(Bytes::from_static(b" world")),
+        ];
+        let mut streamed =
+            axum::response::Response::new(Body::from_stream(futures_util::stream::iter(parts)));
+        *streamed.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        streamed.headers_mut().insert(
+            header::DATE,
+            HeaderValue::from_static("Fri, 27 Nov 2026 10:00:00 GMT"),
+        );
+        assert_eq!(
+            written(streamed, false).await,
+            format!("HTTP/1.1 429 Too Many Requests\r\n{date}connection: close\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        );
+
+        let mut empty = axum::response::Response::new(Body::empty());
+        *empty.status_mut() = StatusCode::NO_CONTENT;
+        empty
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let text = written(empty, true).await;
+        assert!(
+            text.starts_with("HTTP/1.1 204 No Content\r\ndate: "),
+            "{text}"
+        );
+        assert!(text.ends_with(" GMT\r\n\r\n"), "{text}");
+        assert!(!text.contains("content-length"), "{text}");
+    }
+
     #[test]
     fn connection_close_is_found_among_other_tokens() {
         let mut buf = BytesMut::from(
