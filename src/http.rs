@@ -29,6 +29,47 @@ pub(crate) fn valid_header_value(value: &[u8]) -> bool {
     value.iter().all(|&b| (b >= 32 && b != 127) || b == b'\t')
 }
 
+/// Whether a `Connection` header value carries the `close` token.
+pub(crate) fn says_close(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+}
+
+/// Most buffers handed to one `writev` (Linux's limit is 1024).
+const MAX_IOV: usize = 512;
+
+/// Writes a message head and its body's chunks, a bounded number of buffers per `writev`: the
+/// push client's requests to Loki and the push reader's answers to agents.
+pub(crate) async fn write_head_and_body<W>(
+    out: &mut W,
+    head: &[u8],
+    body: &[bytes::Bytes],
+) -> std::io::Result<()>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use std::io::IoSlice;
+    use tokio::io::AsyncWriteExt;
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(body.len() + 1);
+    slices.push(IoSlice::new(head));
+    slices.extend(
+        body.iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| IoSlice::new(p)),
+    );
+    let mut bufs = &mut slices[..];
+    while !bufs.is_empty() {
+        let n = bufs.len().min(MAX_IOV);
+        let written = out.write_vectored(&bufs[..n]).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, written);
+    }
+    Ok(())
+}
+
 /// Returns a client builder with the crypto provider in place.
 pub fn client_builder() -> reqwest::ClientBuilder {
     install_crypto_provider();

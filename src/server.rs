@@ -167,6 +167,35 @@ fn upgrade_response(
     response
 }
 
+/// What serving one accepted connection (plain or after its TLS handshake) needs.
+struct ServeConnection {
+    app: App,
+    stop_seen: tokio::sync::watch::Receiver<bool>,
+    builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    service: hyper_util::service::TowerToHyperService<Router>,
+    watcher: hyper_util::server::graceful::Watcher,
+    peer: std::net::SocketAddr,
+}
+
+impl ServeConnection {
+    /// Serves `io`: plain pushes with the push reader ([`h1`]), and from the first other
+    /// request on, hyper with the router.
+    async fn run<IO>(self, io: IO)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let h1::Served::HandOff(io) = h1::serve(io, &self.app, self.stop_seen).await else {
+            return;
+        };
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), self.service);
+        if let Err(e) = self.watcher.watch(conn.into_owned()).await {
+            tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
 /// Keeps `logwarden_connections_open` true however a connection's task ends.
 struct OpenConnection(prometheus::IntGauge);
 
@@ -245,11 +274,14 @@ pub async fn serve_connections(
         };
         let gauge = connections.clone();
         gauge.inc();
-        let builder = builder.clone();
-        let service = service.clone();
-        let watcher = graceful.watcher();
-        let app = app.clone();
-        let stop_seen = stop_seen.clone();
+        let serve = ServeConnection {
+            app: app.clone(),
+            stop_seen: stop_seen.clone(),
+            builder: builder.clone(),
+            service: service.clone(),
+            watcher: graceful.watcher(),
+            peer,
+        };
         #[cfg(feature = "tls")]
         let tls = tls.map(|t| (t.acceptor(), settings.header_read_timeout));
         #[cfg(not(feature = "tls"))]
@@ -269,25 +301,13 @@ pub async fn serve_connections(
                 // The handshake runs in the connection's task (never in the accept loop) and
                 // counts against the header read timeout, like a client slow to send its head.
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        if let h1::Served::HandOff(stream) = h1::serve(stream, &app, stop_seen).await {
-                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                                tracing::debug!(%peer, error = %e, "connection ended with an error");
-                            }
-                        }
-                    }
+                    Ok(Ok(stream)) => serve.run(stream).await,
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
                 return;
             }
-            if let h1::Served::HandOff(stream) = h1::serve(stream, &app, stop_seen).await {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                if let Err(e) = watcher.watch(conn.into_owned()).await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-            }
+            serve.run(stream).await;
         });
     }
     drop(listener);

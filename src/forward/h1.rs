@@ -15,14 +15,14 @@
 //! unchanged; only its framing may change (a chunked answer is read whole and sent on with its
 //! length). Queries, upgrades, `https://` and HTTP/2 upstreams keep hyper's client.
 
-use std::io::{self, IoSlice, Write as _};
+use std::io::{self, Write as _};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -34,8 +34,6 @@ const MAX_HEAD: usize = 64 << 10;
 const MAX_HEADERS: usize = 100;
 /// Largest answer body read from Loki for a push (its answers are empty or a line of text).
 pub(super) const MAX_ANSWER: usize = 4 << 20;
-/// Most buffers handed to one `writev` (Linux's limit is 1024).
-const MAX_IOV: usize = 512;
 
 /// Loki's answer, read whole.
 #[derive(Debug)]
@@ -133,7 +131,7 @@ impl H1 {
             None => (self.connect().await?, false),
         };
         loop {
-            match write_request(&mut stream, &head, body.parts()).await {
+            match crate::http::write_head_and_body(&mut stream, &head, body.parts()).await {
                 Ok(()) => break,
                 Err(_) if reused => {
                     stream = self.connect().await?;
@@ -226,23 +224,6 @@ impl H1 {
             });
         }
     }
-}
-
-/// Writes the head and the body's chunks, a bounded number of buffers per `writev`.
-async fn write_request(stream: &mut TcpStream, head: &[u8], parts: &[Bytes]) -> io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(parts.len() + 1);
-    slices.push(IoSlice::new(head));
-    slices.extend(parts.iter().map(|p| IoSlice::new(p)));
-    let mut bufs = &mut slices[..];
-    while !bufs.is_empty() {
-        let n = bufs.len().min(MAX_IOV);
-        let written = stream.write_vectored(&bufs[..n]).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut bufs, written);
-    }
-    Ok(())
 }
 
 /// How the answer's body is delimited (RFC 9112 §6.3).
@@ -358,7 +339,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
             .map(|h| h.value)
     };
     let keep_alive =
-        response.version == Some(1) && !named("connection").any(|v| has_token(v, "close"));
+        response.version == Some(1) && !named("connection").any(crate::http::says_close);
     let framing = framing(
         status,
         method,
@@ -391,12 +372,6 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
         keep_alive,
         framing,
     }))
-}
-
-fn has_token(value: &[u8], token: &str) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 fn framing<'a>(
@@ -486,6 +461,7 @@ async fn read_line(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Bytes, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
     /// Serves each accepted connection the given raw answers, one per request read, and

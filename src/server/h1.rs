@@ -213,11 +213,7 @@ fn parse_head(buf: &mut BytesMut) -> Head {
                 || name == header::UPGRADE
             {
                 return Head::Other;
-            } else if name == header::CONNECTION
-                && h.value
-                    .split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-            {
+            } else if name == header::CONNECTION && crate::http::says_close(h.value) {
                 keep_alive = false;
             }
             kept.push((name, crate::http::range_in(buf, h.value)));
@@ -402,7 +398,7 @@ async fn write_response<IO: AsyncWrite + Unpin>(
             .map_err(|e| io::Error::other(e.to_string()))?
             .to_bytes();
         write!(head, "content-length: {}\r\n\r\n", bytes.len())?;
-        return write_all_vectored(io, &head, &bytes).await;
+        return crate::http::write_head_and_body(io, &head, std::slice::from_ref(&bytes)).await;
     }
     // A streamed answer of unknown length (Loki over HTTP/2 or TLS): chunked, as it comes.
     head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
@@ -421,25 +417,6 @@ async fn write_response<IO: AsyncWrite + Unpin>(
         }
     }
     io.write_all(b"0\r\n\r\n").await
-}
-
-/// Writes `head` then `body`, in as few `writev` calls as the socket takes.
-async fn write_all_vectored<IO: AsyncWrite + Unpin>(
-    io: &mut IO,
-    head: &[u8],
-    body: &[u8],
-) -> io::Result<()> {
-    let mut chain = Buf::chain(head, body);
-    while chain.has_remaining() {
-        let mut slices = [IoSlice::new(&[]); 2];
-        let n = chain.chunks_vectored(&mut slices);
-        let written = io.write_vectored(&slices[..n]).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        chain.advance(written);
-    }
-    Ok(())
 }
 
 /// Calls `f` with the current `Date` header value, formatted once per second per thread.
