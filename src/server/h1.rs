@@ -37,8 +37,10 @@ use crate::body::Chunks;
 use crate::ingest::{push_with, BodyError};
 use crate::App;
 
-/// A connection's read buffer: room for a push's head and, for ordinary batches, its body.
+/// A connection's first read buffer: room for a push's head and, for ordinary batches, its body.
 const READ_BUF: usize = 16 << 10;
+/// Largest read buffer kept for a connection between its requests (see [`next_buffer`]).
+const MAX_READ_BUF: usize = 64 << 10;
 /// Most request header lines read here (hyper's default); a longer head goes to hyper.
 const MAX_HEADERS: usize = 100;
 /// The push paths this reader serves; every other path goes to the router.
@@ -89,15 +91,27 @@ where
     let settings = &app.config().raw.server;
     let max_head = usize::try_from(settings.max_header_bytes.0).unwrap_or(usize::MAX);
     let mut buf = BytesMut::with_capacity(READ_BUF);
+    // Size of this connection's last request (head and body), for the next read buffer.
+    let mut last_request = READ_BUF;
     loop {
         if buf.is_empty() && *shutdown.borrow() {
             return Served::Closed;
         }
+        if let Some(fresh) = next_buffer(&buf, last_request) {
+            buf = fresh;
+        }
         // hyper's rule: the timer runs from when the connection starts waiting for a head.
         let deadline = Instant::now() + settings.header_read_timeout;
         let head = loop {
+            let unparsed = buf.len();
             match parse_head(&mut buf) {
-                Head::Push(head) => break head,
+                Head::Push(head) => {
+                    let head_len = unparsed - buf.len();
+                    last_request = usize::try_from(head.content_length)
+                        .unwrap_or(usize::MAX)
+                        .saturating_add(head_len);
+                    break head;
+                }
                 Head::Partial if buf.len() < max_head => {}
                 Head::Partial | Head::Other => {
                     return Served::HandOff(Rewound {
@@ -162,6 +176,19 @@ where
             return Served::Closed;
         }
     }
+}
+
+/// A fresh read buffer for the next request, when `buf` is empty and has less room than the
+/// connection's last request took (`last_request` bytes, head and body), up to
+/// [`MAX_READ_BUF`]. A request's body is split off the buffer it was read into and handed on
+/// (to the upstream write, then the inspection queue), so the buffer left behind only has the
+/// rest of its allocation; reading the next push into that rest would cut it into two reads
+/// and copy its start. With a buffer as large as the last request, a client that sends
+/// batches of one size gets each request, head and body, in one read, and its body is a slice
+/// of it, not a copy.
+fn next_buffer(buf: &BytesMut, last_request: usize) -> Option<BytesMut> {
+    let want = last_request.clamp(READ_BUF, MAX_READ_BUF);
+    (buf.is_empty() && buf.capacity() < want).then(|| BytesMut::with_capacity(want))
 }
 
 /// Parses the head at the start of `buf`, and says whether it is a push this reader serves; a
@@ -521,6 +548,37 @@ mod tests {
         assert_eq!(headers["x-scope-orgid"], "t1");
         assert_eq!(headers["x-odd"].as_bytes(), b"caf\xe9");
         assert_eq!(headers["content-length"], "4");
+    }
+
+    #[test]
+    fn the_next_push_gets_a_buffer_it_fits_in_whole() {
+        // A 10 KiB push read into the first buffer, then split off it (head, then body).
+        let mut buf = BytesMut::with_capacity(READ_BUF);
+        buf.extend_from_slice(&[b'x'; 10 << 10]);
+        let _head = buf.split_to(200);
+        let _body = buf.split_to(buf.len()).freeze();
+        assert!(
+            buf.capacity() < 10 << 10,
+            "what is left cannot hold the next push"
+        );
+        let fresh = next_buffer(&buf, 10 << 10).expect("a fresh buffer");
+        assert!(fresh.is_empty() && fresh.capacity() >= 10 << 10);
+        assert!(
+            next_buffer(&fresh, 10 << 10).is_none(),
+            "a buffer with room is kept"
+        );
+        // Small pushes keep the first buffer's size; large ones are capped (their bodies are
+        // read into a buffer of their own).
+        assert!(next_buffer(&buf, 100).unwrap().capacity() >= READ_BUF);
+        let capped = next_buffer(&buf, 4 << 20).unwrap().capacity();
+        assert!(
+            (MAX_READ_BUF..2 * MAX_READ_BUF).contains(&capped),
+            "{capped}"
+        );
+        // Bytes already read (a pipelined request) are never dropped.
+        let mut pipelined = BytesMut::with_capacity(16);
+        pipelined.extend_from_slice(b"POST");
+        assert!(next_buffer(&pipelined, 10 << 10).is_none());
     }
 
     #[test]
