@@ -198,6 +198,11 @@ pub struct InspectConfig {
     /// that under CPU contention forwarding is served first; 0 keeps normal priority.
     /// Default 5.
     pub nice: i32,
+    /// Forwarding first: while forwarding is saturated (a serving thread busy 40 % of the time or
+    /// more) and inspection sheds, inspection runs only on CPU time forwarding leaves (threads
+    /// in the idle scheduling class take over from the niced ones), so forwarding keeps its
+    /// rate; it takes its niced share back when either ends. Default true.
+    pub forwarding_first: bool,
     /// Tenant assumed when a push has no `X-Scope-OrgID` (Loki's `no_auth_tenant`). Default `fake`.
     pub default_tenant: String,
     /// Distinct tenants given their own metric label value; the rest share `_other`. Default 100.
@@ -212,6 +217,7 @@ impl Default for InspectConfig {
             workers: 0,
             idle_priority: false,
             nice: 5,
+            forwarding_first: true,
             default_tenant: "fake".to_owned(),
             max_metric_tenants: 100,
         }

@@ -7,7 +7,10 @@
 //! the forwarding, and counts it. The request path never waits here: [`Inspector::offer`] is a
 //! `try_push` on a queue whose producers never wait for a consumer ([`queue`]).
 
+mod lanes;
 mod queue;
+
+pub use lanes::ForwardingLoad;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use lanes::{Lane, Lanes};
 use queue::Queue;
 
 use crate::body::Chunks;
@@ -114,11 +118,14 @@ pub struct Inspector {
     /// Body bytes waiting in the queue, bounded by `max_queued_bytes`.
     queued_bytes: Arc<AtomicUsize>,
     max_queued_bytes: usize,
+    lanes: Arc<Lanes>,
 }
 
 impl Inspector {
     /// Starts `workers` threads at `priority` (Linux), reading a queue of at most `capacity`
-    /// pushes and `max_queued_bytes` body bytes.
+    /// pushes and `max_queued_bytes` body bytes. With [`Priority::forwarding_first`] there are
+    /// `workers` threads in each lane ([`lanes`]): niced ones, and idle-class ones that inspect
+    /// instead while forwarding is saturated.
     pub fn start(
         capacity: usize,
         max_queued_bytes: usize,
@@ -129,19 +136,43 @@ impl Inspector {
         inspector: Arc<dyn PushInspector>,
     ) -> Arc<Self> {
         let workers = workers.max(1);
-        let queue = Arc::new(Queue::new(capacity, workers));
+        let two = priority.forwarding_first && !priority.idle;
+        let lanes: Vec<Lane> = if two {
+            [Lane::Niced, Lane::Idle].repeat(workers)
+        } else if priority.idle {
+            vec![Lane::Idle; workers]
+        } else {
+            vec![Lane::Niced; workers]
+        };
+        let queue = Arc::new(Queue::new(capacity, lanes.len()));
         let queued_bytes = Arc::new(AtomicUsize::new(0));
-        let handles = (0..workers)
-            .map(|i| {
+        let shared_lanes = Arc::new(Lanes::new(two, metrics.inspect_stepped_aside.clone()));
+        let handles = lanes
+            .iter()
+            .enumerate()
+            .map(|(i, &lane)| {
                 let queue = Arc::clone(&queue);
                 let metrics = metrics.clone();
                 let inspector = Arc::clone(&inspector);
                 let queued_bytes = Arc::clone(&queued_bytes);
+                let lanes = Arc::clone(&shared_lanes);
+                let (name, idle) = match lane {
+                    Lane::Niced => (format!("inspect-{}", i / 2), false),
+                    Lane::Idle if two => (format!("inspect-idle-{}", i / 2), true),
+                    Lane::Idle => (format!("inspect-{i}"), true),
+                };
                 std::thread::Builder::new()
-                    .name(format!("inspect-{i}"))
+                    .name(name)
                     .spawn(move || {
-                        priority.apply_to_current_thread();
-                        worker(&queue, i, limits, metrics, inspector, &queued_bytes)
+                        Priority { idle, ..priority }.apply_to_current_thread();
+                        lanes.register(lane);
+                        let consumer = Consumer {
+                            queue: &queue,
+                            index: i,
+                            lane,
+                            lanes: &lanes,
+                        };
+                        worker(&consumer, limits, metrics, inspector, &queued_bytes);
                     })
                     .expect("spawning an inspection thread")
             })
@@ -153,7 +184,19 @@ impl Inspector {
             shed_log: ShedLog::new(SHED_LOG_INTERVAL),
             queued_bytes,
             max_queued_bytes,
+            lanes: shared_lanes,
         })
+    }
+
+    /// Reads forwarding's load from `load` (the serving threads) from now on, so inspection
+    /// can stand aside while forwarding is saturated ([`Priority::forwarding_first`]).
+    pub fn watch_forwarding(&self, load: Arc<dyn ForwardingLoad>) {
+        self.lanes.watch(load);
+    }
+
+    /// Returns whether inspection stands aside for forwarding now.
+    pub fn stands_aside(&self) -> bool {
+        self.lanes.aside()
     }
 
     /// Queues a push for inspection without waiting; a full queue sheds it and counts the drop.
@@ -191,7 +234,9 @@ impl Inspector {
         let deadline = Instant::now() + grace;
         let handles: Vec<JoinHandle<()>> =
             std::mem::take(&mut *self.workers.lock().expect("workers lock"));
-        // Stop jobs queue behind the pushes already waiting, so those are inspected first.
+        // Stop jobs queue behind the pushes already waiting, so those are inspected first; both
+        // lanes take from the queue now.
+        self.lanes.stop();
         for _ in 0..handles.len() {
             self.queue.push_always(Job::Stop);
         }
@@ -212,6 +257,9 @@ pub struct Priority {
     pub idle: bool,
     /// Niceness when not idle; 0 keeps normal priority.
     pub nice: i32,
+    /// When not idle: a second lane of idle-class threads inspects instead of the niced ones
+    /// while forwarding is saturated and inspection sheds ([`lanes`]).
+    pub forwarding_first: bool,
 }
 
 impl Priority {
@@ -252,16 +300,34 @@ impl Priority {
     }
 }
 
+/// One inspection thread's place: its number on the queue and its lane.
+struct Consumer<'a> {
+    queue: &'a Queue<Job>,
+    index: usize,
+    lane: Lane,
+    lanes: &'a Lanes,
+}
+
+impl Consumer<'_> {
+    /// The next push to inspect, once this thread's lane inspects; `None` when stopping.
+    fn next(&self) -> Option<Box<Inspection>> {
+        self.lanes.wait_turn(self.lane);
+        match self.queue.pop(self.index) {
+            Job::Inspect(job) => Some(job),
+            Job::Stop => None,
+        }
+    }
+}
+
 fn worker(
-    queue: &Queue<Job>,
-    consumer: usize,
+    consumer: &Consumer<'_>,
     limits: DecodeLimits,
     metrics: ProxyMetrics,
     inspector: Arc<dyn PushInspector>,
     queued_bytes: &AtomicUsize,
 ) {
-    while let Job::Inspect(job) = queue.pop(consumer) {
-        metrics.inspect_depth.set(queue.len() as i64);
+    while let Some(job) = consumer.next() {
+        metrics.inspect_depth.set(consumer.queue.len() as i64);
         let _guard =
             tracing::info_span!(parent: &job.span, "inspect", bytes = job.body.len()).entered();
         let started = Instant::now();
@@ -270,6 +336,7 @@ fn worker(
         metrics
             .inspect_duration
             .observe(started.elapsed().as_secs_f64());
+        consumer.lanes.govern(metrics.inspect_dropped.get());
     }
 }
 
@@ -334,6 +401,7 @@ mod tests {
             Priority {
                 idle: true,
                 nice: 5,
+                forwarding_first: true,
             }
             .apply_to_current_thread();
             current_policy_and_nice()
@@ -345,6 +413,7 @@ mod tests {
             Priority {
                 idle: false,
                 nice: 7,
+                forwarding_first: true,
             }
             .apply_to_current_thread();
             current_policy_and_nice()
@@ -356,6 +425,143 @@ mod tests {
             current_policy_and_nice().0,
             0,
             "the calling thread is untouched"
+        );
+    }
+
+    /// Records which thread (its name and scheduling policy) inspected each push, slowly.
+    struct Recorder(std::sync::Mutex<Vec<(String, u32)>>);
+
+    impl PushInspector for Recorder {
+        fn inspect(&self, _tenant: &str, _push: &PushView<'_>) {
+            std::thread::sleep(Duration::from_millis(2));
+            let name = std::thread::current().name().unwrap_or("").to_owned();
+            self.0
+                .lock()
+                .unwrap()
+                .push((name, current_policy_and_nice().0));
+        }
+    }
+
+    /// Serving threads that report being busy all the time while `busy` is set.
+    struct Load {
+        busy: std::sync::atomic::AtomicBool,
+        total: std::sync::Mutex<(std::time::Instant, Duration)>,
+    }
+
+    impl ForwardingLoad for Load {
+        fn busy(&self) -> Vec<Duration> {
+            let mut t = self.total.lock().unwrap();
+            let now = std::time::Instant::now();
+            if self.busy.load(Ordering::Relaxed) {
+                let since = now - t.0;
+                t.1 += since;
+            }
+            t.0 = now;
+            vec![Duration::ZERO, t.1]
+        }
+    }
+
+    fn push() -> Inspection {
+        Inspection {
+            tenant: "t".into(),
+            content_type: Some("application/json".into()),
+            content_encoding: None,
+            api: PushApi::V1,
+            body: std::iter::once(bytes::Bytes::from_static(
+                br#"{"streams":[{"stream":{"job":"x"},"values":[["1","line"]]}]}"#,
+            ))
+            .collect(),
+            span: tracing::Span::none(),
+        }
+    }
+
+    /// Offers a push every `every` until at least four have been inspected since the call, and
+    /// returns who inspected them.
+    async fn inspected(
+        inspector: &Inspector,
+        recorder: &Recorder,
+        every: Duration,
+    ) -> Vec<(String, u32)> {
+        recorder.0.lock().unwrap().clear();
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while recorder.0.lock().unwrap().len() < 4 {
+            assert!(std::time::Instant::now() < until, "nothing inspected");
+            inspector.offer(push());
+            tokio::time::sleep(every).await;
+        }
+        recorder.0.lock().unwrap().drain(..).collect()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inspection_moves_to_the_idle_threads_while_forwarding_is_saturated_and_back() {
+        const SCHED_IDLE: u32 = 5;
+        let registry = prometheus::Registry::new();
+        let metrics = ProxyMetrics::register(&registry, 10);
+        let recorder = Arc::new(Recorder(std::sync::Mutex::new(Vec::new())));
+        let inspector = Inspector::start(
+            2,
+            usize::MAX,
+            1,
+            Priority {
+                idle: false,
+                nice: 3,
+                forwarding_first: true,
+            },
+            DecodeLimits {
+                max_decompressed_bytes: 1 << 20,
+            },
+            metrics.clone(),
+            Arc::clone(&recorder) as Arc<dyn PushInspector>,
+        );
+        let load = Arc::new(Load {
+            busy: std::sync::atomic::AtomicBool::new(true),
+            total: std::sync::Mutex::new((std::time::Instant::now(), Duration::ZERO)),
+        });
+        inspector.watch_forwarding(Arc::clone(&load) as Arc<dyn ForwardingLoad>);
+        // A flood: more pushes than a 2 ms inspection takes, into a queue of two, with a
+        // serving thread busy throughout.
+        let flood_until = std::time::Instant::now() + Duration::from_secs(10);
+        while !inspector.stands_aside() {
+            assert!(std::time::Instant::now() < flood_until, "never stood aside");
+            inspector.offer(push());
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        assert_eq!(metrics.inspect_stepped_aside.get(), 1);
+        assert!(metrics.inspect_dropped.get() > 0);
+        // The idle-class thread gets a core only when nothing else wants it: on a busy test
+        // machine that can take a while, so wait for a few inspections rather than a time.
+        let during = inspected(&inspector, &recorder, Duration::from_micros(200)).await;
+        // One push may still go to a niced thread that was waiting on the queue.
+        let idle = during
+            .iter()
+            .filter(|(name, policy)| name == "inspect-idle-0" && *policy == SCHED_IDLE)
+            .count();
+        assert!(
+            idle + 1 >= during.len() && idle > 0,
+            "inspected while aside: {during:?}"
+        );
+        // The flood ends: forwarding idle, nothing shed; the niced thread takes over again.
+        load.busy.store(false, Ordering::Relaxed);
+        let calm_until = std::time::Instant::now() + Duration::from_secs(10);
+        while inspector.stands_aside() {
+            assert!(std::time::Instant::now() < calm_until, "never came back");
+            inspector.offer(push());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(metrics.inspect_stepped_aside.get(), 0);
+        let after = inspected(&inspector, &recorder, Duration::from_millis(20)).await;
+        let niced = after
+            .iter()
+            .filter(|(name, policy)| name == "inspect-0" && *policy == 0)
+            .count();
+        assert!(
+            niced + 1 >= after.len() && niced > 0,
+            "inspected after: {after:?}"
+        );
+        assert!(
+            inspector.shutdown(Duration::from_secs(5)).await,
+            "both lanes stop"
         );
     }
 

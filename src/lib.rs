@@ -133,6 +133,7 @@ impl App {
             inspect::Priority {
                 idle: config.inspect.idle_priority,
                 nice: config.inspect.nice,
+                forwarding_first: config.inspect.forwarding_first,
             },
             limits,
             metrics.clone(),
@@ -359,6 +360,7 @@ pub async fn serve(
     let threads =
         threads::ServingThreads::start(threads::resolve(app.inner.config.raw.server.threads))
             .map_err(|e| anyhow::anyhow!("cannot start the serving threads: {e}"))?;
+    app.inner.inspector.watch_forwarding(threads.busy_probe());
     let signal_app = app.clone();
     let signal = async move {
         shutdown.await;

@@ -142,6 +142,8 @@ pub struct ProxyMetrics {
     pub inspect_dropped: IntCounter,
     /// `logwarden_inspect_queue_depth`: pushes waiting for inspection.
     pub inspect_depth: IntGauge,
+    /// 1 while inspection stands aside for a saturated forwarding path.
+    pub inspect_stepped_aside: IntGauge,
     /// `logwarden_inspect_duration_seconds`: decode + detection time per push.
     pub inspect_duration: Histogram,
     /// `logwarden_connections_open`: client connections being served.
@@ -218,6 +220,11 @@ impl ProxyMetrics {
                 registry,
                 "logwarden_inspect_queue_depth",
                 "Pushes waiting in the inspection queue.",
+            ),
+            inspect_stepped_aside: gauge(
+                registry,
+                "logwarden_inspect_stepped_aside",
+                "1 while forwarding is saturated and inspection sheds: inspection then runs only on CPU time forwarding leaves (inspect.forwarding_first).",
             ),
             inspect_duration: histogram(
                 registry,

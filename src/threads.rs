@@ -122,6 +122,14 @@ impl ServingThreads {
             .collect()
     }
 
+    /// Returns a probe of how busy each serving thread has been (its runtime's busy time), for
+    /// inspection to step aside while forwarding is saturated.
+    pub fn busy_probe(&self) -> Arc<dyn crate::inspect::ForwardingLoad> {
+        Arc::new(RuntimesBusy(
+            self.workers.iter().map(|w| w.handle.clone()).collect(),
+        ))
+    }
+
     /// Runs one connection's task on the thread serving the fewest connections (ties go round
     /// robin, so idle threads take turns).
     pub fn spawn<F>(&self, connection: F)
@@ -170,6 +178,19 @@ impl Drop for ServingThreads {
     fn drop(&mut self) {
         // Signalled, not joined: a drop may happen inside an async context.
         let _ = self.stop_all();
+    }
+}
+
+/// The serving threads' runtimes, read for their busy time.
+struct RuntimesBusy(Vec<tokio::runtime::Handle>);
+
+impl crate::inspect::ForwardingLoad for RuntimesBusy {
+    fn busy(&self) -> Vec<std::time::Duration> {
+        // A current-thread runtime has one worker, number 0.
+        self.0
+            .iter()
+            .map(|h| h.metrics().worker_total_busy_duration(0))
+            .collect()
     }
 }
 

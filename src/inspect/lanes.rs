@@ -1,0 +1,299 @@
+//! Forwarding first: inspection steps aside while a flood of pushes saturates forwarding.
+//!
+//! Inspection normally runs niced (`inspect.nice`): under CPU contention forwarding gets the
+//! larger share, and inspection keeps a share of its own, so a host kept busy by other work (or
+//! by the attack logwarden should report) still has its logs inspected. When the contention
+//! comes from forwarding itself (pushes arrive faster than this host can both forward and
+//! inspect them) that share is taken from forwarding: a niced thread keeps its core for a
+//! scheduler slice while a serving thread waits, and its decoding evicts the serving threads'
+//! caches. The rule for that case is that forwarding keeps its rate and inspection
+//! sheds, counted.
+//!
+//! So there are two lanes of inspection threads on the one queue: niced threads, and as many
+//! threads in Linux's idle scheduling class (`SCHED_IDLE`), which run only on CPU time no other
+//! thread wants. One lane inspects at a time; the other waits, parked. Every
+//! [`INTERVAL`] the lane that inspects looks at two things: whether inspection is shedding
+//! (pushes were dropped from a full queue since the last look) and how busy the busiest serving
+//! thread was (its runtime's busy time over the interval). When both say forwarding is
+//! saturated (shedding, and a serving thread busy at least [`BUSY_HIGH`] of the time), the idle
+//! lane takes over; it hands back once either is no longer true (no drops, or no serving thread
+//! busy [`BUSY_LOW`] of the time). A busy host with an ordinary push rate never steps aside:
+//! its serving threads are mostly idle.
+//!
+//! Two lanes and not one thread that changes its class: an unprivileged process may enter the
+//! idle class but not leave it (nor lower a niceness it raised), so a thread switched back and
+//! forth works only as root.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use prometheus::IntGauge;
+
+/// The serving threads' load, as the inspection lanes read it.
+pub trait ForwardingLoad: Send + Sync {
+    /// How long each serving thread has been busy (running its tasks) since it started.
+    fn busy(&self) -> Vec<Duration>;
+}
+
+/// How often the inspecting lane looks at forwarding's load and at drops.
+pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
+/// A serving thread busy this share of an interval, while inspection sheds, is saturated.
+pub(crate) const BUSY_HIGH: f64 = 0.4;
+/// Below this share (or without drops) inspection takes its niced lane back. Well below
+/// [`BUSY_HIGH`]: a serving thread's busy time counts the time it waits for a core in the middle
+/// of its work, so once inspection stands aside the same flood shows as less busy (measured at
+/// saturation on two cores: about 60 % with inspection niced, 28 % with it aside).
+pub(crate) const BUSY_LOW: f64 = 0.15;
+
+/// The two lanes of inspection threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// Niced threads: inspect unless forwarding is saturated.
+    Niced,
+    /// Idle-class threads: inspect while forwarding is saturated.
+    Idle,
+}
+
+/// Whether inspection should stand aside (the idle lane inspects) for the next interval, given
+/// whether it does now, the busiest serving thread's share of the last interval and whether
+/// pushes were shed in it.
+pub(crate) fn stand_aside(aside: bool, busiest: f64, shedding: bool) -> bool {
+    shedding && busiest >= if aside { BUSY_LOW } else { BUSY_HIGH }
+}
+
+struct Look {
+    at: Instant,
+    busy: Vec<Duration>,
+    dropped: u64,
+}
+
+/// Which lane inspects, and the threads of both.
+pub(crate) struct Lanes {
+    /// False: one lane only (idle or niced throughout), nothing ever changes.
+    two: bool,
+    aside: AtomicBool,
+    stopping: AtomicBool,
+    threads: Mutex<Vec<(Lane, Thread)>>,
+    last: Mutex<Look>,
+    load: Mutex<Option<Arc<dyn ForwardingLoad>>>,
+    gauge: IntGauge,
+}
+
+impl Lanes {
+    /// Lanes with both kinds of threads when `two`, else a single lane; `gauge` shows whether
+    /// inspection stands aside.
+    pub(crate) fn new(two: bool, gauge: IntGauge) -> Lanes {
+        gauge.set(0);
+        Lanes {
+            two,
+            aside: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            threads: Mutex::new(Vec::new()),
+            last: Mutex::new(Look {
+                at: Instant::now(),
+                busy: Vec::new(),
+                dropped: 0,
+            }),
+            load: Mutex::new(None),
+            gauge,
+        }
+    }
+
+    /// Records the calling thread as one of `lane`'s, so a hand-over can wake it.
+    pub(crate) fn register(&self, lane: Lane) {
+        self.threads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((lane, std::thread::current()));
+    }
+
+    /// Reads forwarding's load from `load` from now on (the serving threads, once started).
+    pub(crate) fn watch(&self, load: Arc<dyn ForwardingLoad>) {
+        *self
+            .load
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(load);
+    }
+
+    /// Returns whether inspection stands aside now (the idle lane inspects).
+    pub(crate) fn aside(&self) -> bool {
+        self.aside.load(Ordering::Acquire)
+    }
+
+    fn inspects(&self, lane: Lane) -> bool {
+        !self.two || self.stopping.load(Ordering::Acquire) || {
+            let aside = self.aside();
+            (lane == Lane::Idle) == aside
+        }
+    }
+
+    /// Waits, parked, while the other lane inspects.
+    pub(crate) fn wait_turn(&self, lane: Lane) {
+        while !self.inspects(lane) {
+            // A hand-over sets the flag, then unparks: a token left before this park makes it
+            // return at once, and the loop looks again.
+            std::thread::park();
+        }
+    }
+
+    /// Lets both lanes take from the queue (shutdown: stop markers follow the waiting pushes).
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.wake(|_| true);
+    }
+
+    fn wake(&self, which: impl Fn(Lane) -> bool) {
+        let threads = self
+            .threads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (lane, thread) in threads.iter() {
+            if which(*lane) {
+                thread.unpark();
+            }
+        }
+    }
+
+    /// Looks at forwarding's load and at the drops (`dropped`, the total so far) at most once
+    /// per [`INTERVAL`], and hands inspection to the other lane when [`stand_aside`] says so.
+    /// Called by the inspecting lane after each push; cheap when the interval has not passed.
+    pub(crate) fn govern(&self, dropped: u64) {
+        if !self.two {
+            return;
+        }
+        let Ok(mut last) = self.last.try_lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let elapsed = now.duration_since(last.at);
+        if elapsed < INTERVAL {
+            return;
+        }
+        let load = self
+            .load
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let busy = load.map(|l| l.busy()).unwrap_or_default();
+        let busiest = busy
+            .iter()
+            .zip(&last.busy)
+            .map(|(now, before)| now.saturating_sub(*before).as_secs_f64() / elapsed.as_secs_f64())
+            .fold(0.0, f64::max);
+        let shedding = dropped > last.dropped;
+        *last = Look {
+            at: now,
+            busy,
+            dropped,
+        };
+        let was = self.aside();
+        let next = stand_aside(was, busiest, shedding);
+        if next == was {
+            return;
+        }
+        self.aside.store(next, Ordering::Release);
+        self.gauge.set(i64::from(next));
+        if next {
+            tracing::warn!(
+                busiest_serving_thread = format!("{:.0} %", 100.0 * busiest),
+                "forwarding is saturated and inspection is shedding: inspection runs only on CPU time forwarding leaves until it is not"
+            );
+            self.wake(|lane| lane == Lane::Idle);
+        } else {
+            tracing::info!(
+                busiest_serving_thread = format!("{:.0} %", 100.0 * busiest),
+                shedding,
+                "forwarding has CPU to spare again: inspection back at its niced priority"
+            );
+            self.wake(|lane| lane == Lane::Niced);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inspection_stands_aside_only_while_forwarding_is_saturated_and_it_sheds() {
+        // Normal: both conditions are needed.
+        assert!(stand_aside(false, 0.9, true));
+        assert!(
+            !stand_aside(false, 0.9, false),
+            "no drops: inspection keeps up"
+        );
+        assert!(
+            !stand_aside(false, 0.3, true),
+            "forwarding not saturated: the contention comes from elsewhere"
+        );
+        assert!(stand_aside(false, BUSY_HIGH, true));
+        // Aside: it stays while drops go on and forwarding is still busy (hysteresis) ...
+        assert!(stand_aside(true, 0.3, true));
+        assert!(stand_aside(true, BUSY_LOW, true));
+        // ... and hands back when either ends.
+        assert!(!stand_aside(true, 0.1, true));
+        assert!(!stand_aside(true, 0.9, false));
+    }
+
+    struct Fixed(Mutex<Vec<Duration>>);
+
+    impl ForwardingLoad for Fixed {
+        fn busy(&self) -> Vec<Duration> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    #[test]
+    fn the_lanes_hand_over_on_the_busiest_serving_thread_and_the_drops() {
+        let registry = prometheus::Registry::new();
+        let gauge = crate::metrics::gauge(&registry, "aside", "test");
+        let lanes = Lanes::new(true, gauge.clone());
+        let load = Arc::new(Fixed(Mutex::new(vec![Duration::ZERO; 2])));
+        lanes.govern(0);
+        assert!(!lanes.aside(), "no load to read yet");
+        lanes.watch(Arc::clone(&load) as Arc<dyn ForwardingLoad>);
+        // First look: takes the serving threads' totals as its starting point.
+        std::thread::sleep(INTERVAL);
+        lanes.govern(0);
+        assert!(!lanes.aside());
+        // One serving thread busy throughout the interval, the other idle, and drops: aside.
+        let start = Instant::now();
+        std::thread::sleep(INTERVAL);
+        load.0.lock().unwrap()[1] += start.elapsed();
+        lanes.govern(5);
+        assert!(lanes.aside());
+        assert_eq!(gauge.get(), 1);
+        assert!(lanes.inspects(Lane::Idle) && !lanes.inspects(Lane::Niced));
+        // Within the interval nothing is looked at, not even an idle forwarding path.
+        lanes.govern(5);
+        assert!(lanes.aside());
+        // Busy still, but no more drops: the niced lane takes over again.
+        let start = Instant::now();
+        std::thread::sleep(INTERVAL);
+        load.0.lock().unwrap()[1] += start.elapsed();
+        lanes.govern(5);
+        assert!(!lanes.aside());
+        assert_eq!(gauge.get(), 0);
+        // Shutdown lets both lanes take from the queue.
+        lanes.stop();
+        assert!(lanes.inspects(Lane::Idle) && lanes.inspects(Lane::Niced));
+    }
+
+    #[test]
+    fn a_single_lane_never_hands_over() {
+        let registry = prometheus::Registry::new();
+        let lanes = Lanes::new(false, crate::metrics::gauge(&registry, "aside", "test"));
+        let load = Arc::new(Fixed(Mutex::new(vec![Duration::ZERO])));
+        lanes.watch(Arc::clone(&load) as Arc<dyn ForwardingLoad>);
+        std::thread::sleep(INTERVAL);
+        lanes.govern(0);
+        let start = Instant::now();
+        std::thread::sleep(INTERVAL);
+        load.0.lock().unwrap()[0] += start.elapsed();
+        lanes.govern(10);
+        assert!(!lanes.aside());
+        assert!(lanes.inspects(Lane::Niced) && lanes.inspects(Lane::Idle));
+    }
+}
