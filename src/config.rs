@@ -198,8 +198,8 @@ pub struct InspectConfig {
     /// that under CPU contention forwarding is served first; 0 keeps normal priority.
     /// Default 5.
     pub nice: i32,
-    /// Forwarding first: while forwarding is saturated (a serving thread busy 40 % of the time or
-    /// more) and inspection sheds, inspection runs only on CPU time forwarding leaves (threads
+    /// Forwarding first: while forwarding is saturated (every serving thread busy 40 % of the
+    /// time or more) and inspection sheds, inspection runs only on CPU time forwarding leaves (threads
     /// in the idle scheduling class take over from the niced ones), so forwarding keeps its
     /// rate; it takes its niced share back when either ends. Default true.
     pub forwarding_first: bool,

@@ -442,7 +442,7 @@ mod tests {
         }
     }
 
-    /// Serving threads that report being busy all the time while `busy` is set.
+    /// Two serving threads that report being busy all the time while `busy` is set.
     struct Load {
         busy: std::sync::atomic::AtomicBool,
         total: std::sync::Mutex<(std::time::Instant, Duration)>,
@@ -457,7 +457,7 @@ mod tests {
                 t.1 += since;
             }
             t.0 = now;
-            vec![Duration::ZERO, t.1]
+            vec![t.1, t.1]
         }
     }
 
