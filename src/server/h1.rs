@@ -39,7 +39,9 @@ use crate::App;
 
 /// A connection's first read buffer: room for a push's head and, for ordinary batches, its body.
 const READ_BUF: usize = 16 << 10;
-/// Largest read buffer kept for a connection between its requests (see [`next_buffer`]).
+/// Smallest and largest read buffer given to a connection for its next request (see
+/// [`next_buffer`]).
+const MIN_READ_BUF: usize = 4 << 10;
 const MAX_READ_BUF: usize = 64 << 10;
 /// Most request header lines read here (hyper's default); a longer head goes to hyper.
 const MAX_HEADERS: usize = 100;
@@ -179,16 +181,22 @@ where
 }
 
 /// A fresh read buffer for the next request, when `buf` is empty and has less room than the
-/// connection's last request took (`last_request` bytes, head and body), up to
-/// [`MAX_READ_BUF`]. A request's body is split off the buffer it was read into and handed on
+/// connection's last request took (`last_request` bytes, head and body): a quarter larger than
+/// that, from [`MIN_READ_BUF`] to [`MAX_READ_BUF`]. A request's body is split off the buffer it was read into and handed on
 /// (to the upstream write, then the inspection queue), so the buffer left behind only has the
 /// rest of its allocation; reading the next push into that rest would cut it into two reads
 /// and copy its start. With a buffer as large as the last request, a client that sends
 /// batches of one size gets each request, head and body, in one read, and its body is a slice
-/// of it, not a copy.
+/// of it, not a copy. The body keeps the whole buffer alive while it waits for inspection, so the
+/// buffer is not much larger than the request: a queue of small pushes holds about their bytes.
 fn next_buffer(buf: &BytesMut, last_request: usize) -> Option<BytesMut> {
-    let want = last_request.clamp(READ_BUF, MAX_READ_BUF);
-    (buf.is_empty() && buf.capacity() < want).then(|| BytesMut::with_capacity(want))
+    if !buf.is_empty() || buf.capacity() >= last_request {
+        return None;
+    }
+    let want = last_request.saturating_add(last_request / 4);
+    Some(BytesMut::with_capacity(
+        want.clamp(MIN_READ_BUF, MAX_READ_BUF),
+    ))
 }
 
 /// Parses the head at the start of `buf`, and says whether it is a push this reader serves; a
@@ -567,9 +575,16 @@ mod tests {
             next_buffer(&fresh, 10 << 10).is_none(),
             "a buffer with room is kept"
         );
-        // Small pushes keep the first buffer's size; large ones are capped (their bodies are
-        // read into a buffer of their own).
-        assert!(next_buffer(&buf, 100).unwrap().capacity() >= READ_BUF);
+        // Room to grow a little, not much: the buffer lives as long as the body is queued.
+        assert!(
+            (10 << 10..14 << 10).contains(&fresh.capacity()),
+            "{}",
+            fresh.capacity()
+        );
+        // Small pushes get a small buffer; large ones are capped (their bodies are read into a
+        // buffer of their own).
+        let small = next_buffer(&BytesMut::new(), 100).unwrap().capacity();
+        assert!((MIN_READ_BUF..2 * MIN_READ_BUF).contains(&small), "{small}");
         let capped = next_buffer(&buf, 4 << 20).unwrap().capacity();
         assert!(
             (MAX_READ_BUF..2 * MAX_READ_BUF).contains(&capped),
