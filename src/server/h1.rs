@@ -99,7 +99,7 @@ where
         if buf.is_empty() && *shutdown.borrow() {
             return Served::Closed;
         }
-        if let Some(fresh) = next_buffer(&buf, last_request) {
+        if let Some(fresh) = next_buffer(&mut buf, last_request) {
             buf = fresh;
         }
         // hyper's rule: the timer runs from when the connection starts waiting for a head.
@@ -181,16 +181,21 @@ where
 }
 
 /// A fresh read buffer for the next request, when `buf` is empty and has less room than the
-/// connection's last request took (`last_request` bytes, head and body): a quarter larger than
-/// that, from [`MIN_READ_BUF`] to [`MAX_READ_BUF`]. A request's body is split off the buffer it was read into and handed on
-/// (to the upstream write, then the inspection queue), so the buffer left behind only has the
-/// rest of its allocation; reading the next push into that rest would cut it into two reads
-/// and copy its start. With a buffer as large as the last request, a client that sends
-/// batches of one size gets each request, head and body, in one read, and its body is a slice
-/// of it, not a copy. The body keeps the whole buffer alive while it waits for inspection, so the
-/// buffer is not much larger than the request: a queue of small pushes holds about their bytes.
-fn next_buffer(buf: &BytesMut, last_request: usize) -> Option<BytesMut> {
-    if !buf.is_empty() || buf.capacity() >= last_request {
+/// connection's last request took (`last_request` bytes, head and body, up to
+/// [`MAX_READ_BUF`]) and cannot get it back in place: a quarter larger than that request, from
+/// [`MIN_READ_BUF`] to [`MAX_READ_BUF`].
+///
+/// A request's body is split off the buffer it was read into and handed on (to the upstream
+/// write, then the inspection queue), so the buffer left behind only has the rest of its
+/// allocation; reading the next push into that rest would cut it into two reads and copy its
+/// start. With a buffer as large as the last request, a client that sends batches of one size
+/// gets each request, head and body, in one read, and its body is a slice of it, not a copy.
+/// The body keeps the whole buffer alive while it waits for inspection, so the buffer is not
+/// much larger than the request. A buffer nothing else holds any more (a large push's body is
+/// read into a buffer of its own) is reused where it is.
+fn next_buffer(buf: &mut BytesMut, last_request: usize) -> Option<BytesMut> {
+    let need = last_request.min(MAX_READ_BUF);
+    if !buf.is_empty() || buf.capacity() >= need || buf.try_reclaim(need) {
         return None;
     }
     let want = last_request.saturating_add(last_request / 4);
@@ -569,10 +574,10 @@ mod tests {
             buf.capacity() < 10 << 10,
             "what is left cannot hold the next push"
         );
-        let fresh = next_buffer(&buf, 10 << 10).expect("a fresh buffer");
+        let mut fresh = next_buffer(&mut buf, 10 << 10).expect("a fresh buffer");
         assert!(fresh.is_empty() && fresh.capacity() >= 10 << 10);
         assert!(
-            next_buffer(&fresh, 10 << 10).is_none(),
+            next_buffer(&mut fresh, 10 << 10).is_none(),
             "a buffer with room is kept"
         );
         // Room to grow a little, not much: the buffer lives as long as the body is queued.
@@ -583,17 +588,25 @@ mod tests {
         );
         // Small pushes get a small buffer; large ones are capped (their bodies are read into a
         // buffer of their own).
-        let small = next_buffer(&BytesMut::new(), 100).unwrap().capacity();
+        let small = next_buffer(&mut BytesMut::new(), 100).unwrap().capacity();
         assert!((MIN_READ_BUF..2 * MIN_READ_BUF).contains(&small), "{small}");
-        let capped = next_buffer(&buf, 4 << 20).unwrap().capacity();
+        let mut capped = next_buffer(&mut buf, 4 << 20).unwrap();
         assert!(
-            (MAX_READ_BUF..2 * MAX_READ_BUF).contains(&capped),
-            "{capped}"
+            (MAX_READ_BUF..2 * MAX_READ_BUF).contains(&capped.capacity()),
+            "{}",
+            capped.capacity()
         );
+        // A large push's head read into the capped buffer and dropped after the request (its
+        // body went into a buffer of its own): the buffer is taken back, not replaced.
+        capped.extend_from_slice(&[b'h'; 300]);
+        drop(capped.split_to(300).freeze());
+        assert!(capped.capacity() < MAX_READ_BUF);
+        assert!(next_buffer(&mut capped, 4 << 20).is_none());
+        assert!(capped.capacity() >= MAX_READ_BUF);
         // Bytes already read (a pipelined request) are never dropped.
         let mut pipelined = BytesMut::with_capacity(16);
         pipelined.extend_from_slice(b"POST");
-        assert!(next_buffer(&pipelined, 10 << 10).is_none());
+        assert!(next_buffer(&mut pipelined, 10 << 10).is_none());
     }
 
     #[test]
