@@ -429,8 +429,10 @@ mod tests {
     }
 
     /// Records which thread (its name and scheduling policy) inspected each push, slowly.
+    #[cfg(target_os = "linux")]
     struct Recorder(std::sync::Mutex<Vec<(String, u32)>>);
 
+    #[cfg(target_os = "linux")]
     impl PushInspector for Recorder {
         fn inspect(&self, _tenant: &str, _push: &PushView<'_>) {
             std::thread::sleep(Duration::from_millis(2));
@@ -477,6 +479,7 @@ mod tests {
 
     /// Offers a push every `every` until at least four have been inspected since the call, and
     /// returns who inspected them.
+    #[cfg(target_os = "linux")]
     async fn inspected(
         inspector: &Inspector,
         recorder: &Recorder,
