@@ -2,7 +2,8 @@
 """Forwarding cost of logwarden against the anchors, measured in one run on this machine.
 
     python3 benches/proxy_compare.py [--duration 10] [--rounds 3] [--out FILE.md] [--config logwarden.yml]
-                                     [--baseline-bin OLD/logwarden] [--rate LINES_PER_S]
+                                     [--baseline-bin OLD/logwarden] [--baseline-config B.yml]
+                                     [--rate LINES_PER_S]
 
 Targets, all on 127.0.0.1:
   sink       loadgen -> a sink (nginx answering 204 to everything)
@@ -144,6 +145,9 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--config", help="logwarden config file (default: embedded defaults)")
     ap.add_argument("--baseline-bin", help="an earlier logwarden build to run beside this one (target 'baseline')")
+    ap.add_argument("--baseline-config",
+                    help="the baseline's config file (default: --config); with it and no --baseline-bin, "
+                         "the baseline is this build with another configuration")
     ap.add_argument("--rate", type=int, default=0,
                     help="offered log lines per second in every cell (0: as fast as each target answers)")
     args = ap.parse_args()
@@ -173,12 +177,14 @@ def main():
         # Each logwarden under test: name -> (port, process). A baseline binary (an earlier
         # build) runs beside the current one, so a change is measured against it in one run.
         logwardens = {}
-        bins = [("logwarden", BIN)] + ([("baseline", args.baseline_bin)] if args.baseline_bin else [])
-        for name, binary in bins:
+        bins = [("logwarden", BIN, args.config)]
+        if args.baseline_bin or args.baseline_config:
+            bins.append(("baseline", args.baseline_bin or BIN, args.baseline_config or args.config))
+        for name, binary, config in bins:
             port = free_port()
             cmd = [binary, "serve", "--listen", f"127.0.0.1:{port}", "--upstream", f"http://127.0.0.1:{sink_port}"]
-            if args.config:
-                cmd += ["--config", args.config]
+            if config:
+                cmd += ["--config", config]
             p = subprocess.Popen(cmd, env={**os.environ, "RUST_LOG": "warn"})
             procs.append(p)
             logwardens[name] = (port, p)
