@@ -198,11 +198,16 @@ pub struct InspectConfig {
     /// that under CPU contention forwarding is served first; 0 keeps normal priority.
     /// Default 5.
     pub nice: i32,
-    /// Forwarding first: while forwarding is saturated (every serving thread busy 40 % of the
-    /// time or more) and inspection sheds, inspection runs only on CPU time forwarding leaves (threads
-    /// in the idle scheduling class take over from the niced ones), so forwarding keeps its
-    /// rate; it takes its niced share back when either ends. Default true.
+    /// Forwarding first: while forwarding is saturated (every serving thread runnable 60 % of
+    /// the time or more) and inspection sheds, inspection runs only on CPU time forwarding
+    /// leaves (threads in the idle scheduling class take over from the niced ones) and for at
+    /// most `aside_share` of the time, so forwarding keeps its rate; it takes its niced share
+    /// back when either ends. Default true.
     pub forwarding_first: bool,
+    /// With `forwarding_first`, the share of the time inspection runs while it stands aside
+    /// (it pauses between pushes), so a flood is inspected on a sample and forwarding gets the
+    /// CPU: above 0, at most 1 (1: no pauses). Default 0.1.
+    pub aside_share: f64,
     /// Tenant assumed when a push has no `X-Scope-OrgID` (Loki's `no_auth_tenant`). Default `fake`.
     pub default_tenant: String,
     /// Distinct tenants given their own metric label value; the rest share `_other`. Default 100.
@@ -218,6 +223,7 @@ impl Default for InspectConfig {
             idle_priority: false,
             nice: 5,
             forwarding_first: true,
+            aside_share: 0.1,
             default_tenant: "fake".to_owned(),
             max_metric_tenants: 100,
         }
@@ -413,6 +419,13 @@ impl Config {
                 format!("{} is out of range (expected 0 to 19)", raw.inspect.nice),
             ));
         }
+        let share = raw.inspect.aside_share;
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(ConfigError::new(
+                "inspect.aside_share",
+                format!("{share} is out of range (expected above 0, at most 1)"),
+            ));
+        }
         let rule_ids = raw.detect.rule_ids().map_err(detect_error)?;
         crate::notify::check_rule_filters(&raw.notify, &rule_ids)?;
         raw.state.validate()?;
@@ -602,6 +615,21 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "upstream.timeout: \"0s\" must be greater than zero"
+        );
+
+        for share in ["0", "1.5", "-0.1", ".nan"] {
+            let e = load(&format!("inspect:\n  aside_share: {share}\n")).unwrap_err();
+            assert_eq!(e.field, "inspect.aside_share", "{share}: {e}");
+            assert!(e.message.contains("expected above 0, at most 1"), "{e}");
+        }
+        assert!(
+            (load("inspect:\n  aside_share: 1\n")
+                .unwrap()
+                .inspect
+                .aside_share
+                - 1.0)
+                .abs()
+                < 1e-9
         );
 
         let e = load("server:\n  threads: 5000\n").unwrap_err();

@@ -171,6 +171,7 @@ impl Inspector {
                             index: i,
                             lane,
                             lanes: &lanes,
+                            aside_share: priority.aside_share,
                         };
                         worker(&consumer, limits, metrics, inspector, &queued_bytes);
                     })
@@ -260,6 +261,9 @@ pub struct Priority {
     /// When not idle: a second lane of idle-class threads inspects instead of the niced ones
     /// while forwarding is saturated and inspection sheds ([`lanes`]).
     pub forwarding_first: bool,
+    /// With `forwarding_first`, the share of the time the idle-class threads inspect while
+    /// they stand in (they pause between pushes); 1 inspects as much as the idle class lets.
+    pub aside_share: f64,
 }
 
 impl Priority {
@@ -306,6 +310,7 @@ struct Consumer<'a> {
     index: usize,
     lane: Lane,
     lanes: &'a Lanes,
+    aside_share: f64,
 }
 
 impl Consumer<'_> {
@@ -337,6 +342,9 @@ fn worker(
             .inspect_duration
             .observe(started.elapsed().as_secs_f64());
         consumer.lanes.govern(metrics.inspect_dropped.get());
+        if consumer.lanes.paced(consumer.lane) {
+            std::thread::sleep(lanes::pause_after(started.elapsed(), consumer.aside_share));
+        }
     }
 }
 
@@ -402,6 +410,7 @@ mod tests {
                 idle: true,
                 nice: 5,
                 forwarding_first: true,
+                aside_share: 0.1,
             }
             .apply_to_current_thread();
             current_policy_and_nice()
@@ -414,6 +423,7 @@ mod tests {
                 idle: false,
                 nice: 7,
                 forwarding_first: true,
+                aside_share: 0.1,
             }
             .apply_to_current_thread();
             current_policy_and_nice()
@@ -428,19 +438,21 @@ mod tests {
         );
     }
 
-    /// Records which thread (its name and scheduling policy) inspected each push, slowly.
+    /// Records which thread (its name and scheduling policy) inspected each push, slowly, and
+    /// when it finished.
     #[cfg(target_os = "linux")]
-    struct Recorder(std::sync::Mutex<Vec<(String, u32)>>);
+    struct Recorder(std::sync::Mutex<Vec<(String, u32, std::time::Instant)>>);
 
     #[cfg(target_os = "linux")]
     impl PushInspector for Recorder {
         fn inspect(&self, _tenant: &str, _push: &PushView<'_>) {
             std::thread::sleep(Duration::from_millis(2));
             let name = std::thread::current().name().unwrap_or("").to_owned();
-            self.0
-                .lock()
-                .unwrap()
-                .push((name, current_policy_and_nice().0));
+            self.0.lock().unwrap().push((
+                name,
+                current_policy_and_nice().0,
+                std::time::Instant::now(),
+            ));
         }
     }
 
@@ -484,7 +496,7 @@ mod tests {
         inspector: &Inspector,
         recorder: &Recorder,
         every: Duration,
-    ) -> Vec<(String, u32)> {
+    ) -> Vec<(String, u32, std::time::Instant)> {
         recorder.0.lock().unwrap().clear();
         let until = std::time::Instant::now() + Duration::from_secs(30);
         while recorder.0.lock().unwrap().len() < 4 {
@@ -510,6 +522,7 @@ mod tests {
                 idle: false,
                 nice: 3,
                 forwarding_first: true,
+                aside_share: 0.1,
             },
             DecodeLimits {
                 max_decompressed_bytes: 1 << 20,
@@ -538,12 +551,26 @@ mod tests {
         // One push may still go to a niced thread that was waiting on the queue.
         let idle = during
             .iter()
-            .filter(|(name, policy)| name == "inspect-idle-0" && *policy == SCHED_IDLE)
+            .filter(|(name, policy, _)| name == "inspect-idle-0" && *policy == SCHED_IDLE)
             .count();
         assert!(
             idle + 1 >= during.len() && idle > 0,
             "inspected while aside: {during:?}"
         );
+        // ... and paced: after each 2 ms inspection it pauses 18 ms (a tenth of the time),
+        // though pushes keep coming every 0.2 ms.
+        let idle_times: Vec<_> = during
+            .iter()
+            .filter(|(name, _, _)| name == "inspect-idle-0")
+            .map(|(_, _, at)| *at)
+            .collect();
+        for pair in idle_times.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= Duration::from_millis(15),
+                "inspections while aside {:?} apart",
+                pair[1] - pair[0]
+            );
+        }
         // The flood ends: forwarding idle, nothing shed; the niced thread takes over again.
         load.busy.store(false, Ordering::Relaxed);
         let calm_until = std::time::Instant::now() + Duration::from_secs(10);
@@ -556,7 +583,7 @@ mod tests {
         let after = inspected(&inspector, &recorder, Duration::from_millis(20)).await;
         let niced = after
             .iter()
-            .filter(|(name, policy)| name == "inspect-0" && *policy == 0)
+            .filter(|(name, policy, _)| name == "inspect-0" && *policy == 0)
             .count();
         assert!(
             niced + 1 >= after.len() && niced > 0,

@@ -134,6 +134,7 @@ impl App {
                 idle: config.inspect.idle_priority,
                 nice: config.inspect.nice,
                 forwarding_first: config.inspect.forwarding_first,
+                aside_share: config.inspect.aside_share,
             },
             limits,
             metrics.clone(),

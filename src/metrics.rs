@@ -224,7 +224,7 @@ impl ProxyMetrics {
             inspect_stepped_aside: gauge(
                 registry,
                 "logwarden_inspect_stepped_aside",
-                "1 while forwarding is saturated and inspection sheds: inspection then runs only on CPU time forwarding leaves (inspect.forwarding_first).",
+                "1 while forwarding is saturated and inspection sheds: inspection then runs only on CPU time forwarding leaves, on a sample of the pushes (inspect.forwarding_first, inspect.aside_share).",
             ),
             inspect_duration: histogram(
                 registry,

@@ -33,6 +33,8 @@ pub fn own_or_shared(len: usize) -> usize {
 
 struct Worker {
     handle: tokio::runtime::Handle,
+    /// The thread's kernel id (Linux), to read its scheduler statistics.
+    tid: Option<i32>,
     /// Connections this thread serves now.
     live: Arc<AtomicUsize>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -79,7 +81,11 @@ impl ServingThreads {
                         }
                     };
                     INDEX.with(|i| i.set(Some(index)));
-                    let _ = ready_tx.send(Ok(runtime.handle().clone()));
+                    #[cfg(target_os = "linux")]
+                    let tid = Some(rustix::thread::gettid().as_raw_nonzero().get());
+                    #[cfg(not(target_os = "linux"))]
+                    let tid = None;
+                    let _ = ready_tx.send(Ok((runtime.handle().clone(), tid)));
                     runtime.block_on(async {
                         let _ = stopped.await;
                         // Let the tasks that are ready run once more, among them the hand-offs
@@ -88,11 +94,12 @@ impl ServingThreads {
                     });
                     // Dropping the runtime here (outside any async context) cancels what is left.
                 })?;
-            let handle = ready_rx
+            let (handle, tid) = ready_rx
                 .recv()
                 .map_err(|_| std::io::Error::other("serving thread exited while starting"))??;
             workers.push(Worker {
                 handle,
+                tid,
                 live: Arc::new(AtomicUsize::new(0)),
                 stop: Some(stop),
                 thread: Some(thread),
@@ -122,12 +129,12 @@ impl ServingThreads {
             .collect()
     }
 
-    /// Returns a probe of how busy each serving thread has been (its runtime's busy time), for
-    /// inspection to step aside while forwarding is saturated.
+    /// Returns a probe of how long each serving thread has been runnable (running or waiting
+    /// for a core, from the kernel's scheduler statistics), for inspection to step aside while
+    /// forwarding is saturated. Where the kernel does not report it, the probe reads nothing and
+    /// inspection never steps aside.
     pub fn busy_probe(&self) -> Arc<dyn crate::inspect::ForwardingLoad> {
-        Arc::new(RuntimesBusy(
-            self.workers.iter().map(|w| w.handle.clone()).collect(),
-        ))
+        Arc::new(Runnable(self.workers.iter().map(|w| w.tid).collect()))
     }
 
     /// Runs one connection's task on the thread serving the fewest connections (ties go round
@@ -181,17 +188,32 @@ impl Drop for ServingThreads {
     }
 }
 
-/// The serving threads' runtimes, read for their busy time.
-struct RuntimesBusy(Vec<tokio::runtime::Handle>);
+/// The serving threads (their kernel ids), read for the time they were runnable.
+struct Runnable(Vec<Option<i32>>);
 
-impl crate::inspect::ForwardingLoad for RuntimesBusy {
+impl crate::inspect::ForwardingLoad for Runnable {
     fn busy(&self) -> Vec<std::time::Duration> {
-        // A current-thread runtime has one worker, number 0.
         self.0
             .iter()
-            .map(|h| h.metrics().worker_total_busy_duration(0))
-            .collect()
+            .map(|tid| {
+                let stat =
+                    std::fs::read_to_string(format!("/proc/self/task/{}/schedstat", (*tid)?));
+                runnable_time(&stat.ok()?)
+            })
+            .collect::<Option<Vec<_>>>()
+            .unwrap_or_default()
     }
+}
+
+/// Reads a thread's `schedstat` (nanoseconds on a core, nanoseconds waiting for one, and the
+/// number of slices) as the time it has been runnable, running or waiting.
+fn runnable_time(schedstat: &str) -> Option<std::time::Duration> {
+    let mut fields = schedstat.split_ascii_whitespace().map(str::parse::<u64>);
+    let running = fields.next()?.ok()?;
+    let waiting = fields.next()?.ok()?;
+    Some(std::time::Duration::from_nanos(
+        running.saturating_add(waiting),
+    ))
 }
 
 /// Resolves `server.threads`: 0 means one per CPU.
@@ -258,6 +280,40 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        threads.shutdown().await;
+    }
+
+    #[test]
+    fn schedstat_reads_as_time_running_plus_time_waiting() {
+        assert_eq!(
+            runnable_time("1500000000 250000000 4321\n"),
+            Some(Duration::from_millis(1750))
+        );
+        assert_eq!(runnable_time(""), None);
+        assert_eq!(runnable_time("12 x 3"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_probe_sees_which_serving_thread_wants_the_cpu() {
+        let threads = ServingThreads::start(2).unwrap();
+        let probe = threads.busy_probe();
+        let before = probe.busy();
+        assert_eq!(before.len(), 2, "one reading per serving thread");
+        // One thread spins for 300 ms (a connection that keeps it busy); the other has nothing.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        threads.spawn(async move {
+            let until = std::time::Instant::now() + Duration::from_millis(300);
+            while std::time::Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            let _ = done_tx.send(current());
+        });
+        let spun = done_rx.await.unwrap().unwrap();
+        let after = probe.busy();
+        let grown: Vec<Duration> = after.iter().zip(&before).map(|(a, b)| *a - *b).collect();
+        assert!(grown[spun] >= Duration::from_millis(290), "{grown:?}");
+        assert!(grown[1 - spun] < Duration::from_millis(100), "{grown:?}");
         threads.shutdown().await;
     }
 
