@@ -144,6 +144,8 @@ pub struct ProxyMetrics {
     pub inspect_depth: IntGauge,
     /// 1 while inspection stands aside for a saturated forwarding path.
     pub inspect_stepped_aside: IntGauge,
+    /// 1 while the niced inspection threads inspect (the idle-class ones fell behind).
+    pub inspect_niced: IntGauge,
     /// `logwarden_inspect_duration_seconds`: decode + detection time per push.
     pub inspect_duration: Histogram,
     /// `logwarden_connections_open`: client connections being served.
@@ -225,6 +227,11 @@ impl ProxyMetrics {
                 registry,
                 "logwarden_inspect_stepped_aside",
                 "1 while forwarding is saturated and inspection sheds: inspection then runs only on CPU time forwarding leaves, on a sample of the pushes (inspect.forwarding_first, inspect.aside_share).",
+            ),
+            inspect_niced: gauge(
+                registry,
+                "logwarden_inspect_niced",
+                "1 while the niced inspection threads inspect: on the CPU time nothing else wants, inspection fell behind while forwarding had CPU to spare (inspect.forwarding_first).",
             ),
             inspect_duration: histogram(
                 registry,

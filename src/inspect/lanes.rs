@@ -1,50 +1,49 @@
-//! Forwarding first: inspection steps aside while a flood of pushes saturates forwarding.
+//! Which inspection threads inspect: idle-class ones while they keep up, niced ones when other
+//! work on the host starves them, and idle-class ones on a sample while a flood of pushes
+//! saturates forwarding.
 //!
-//! Inspection normally runs niced (`inspect.nice`): under CPU contention forwarding gets the
-//! larger share, and inspection keeps a share of its own, so a host kept busy by other work (or
-//! by the attack logwarden should report) still has its logs inspected. When the contention
-//! comes from forwarding itself (pushes arrive faster than this host can both forward and
-//! inspect them) that share is taken from forwarding: a niced thread keeps its core for a
-//! scheduler slice while a serving thread waits, and its decoding evicts the serving threads'
-//! caches. The rule for that case is that forwarding keeps its rate and inspection
-//! sheds, counted.
+//! There are two lanes of inspection threads on the one queue: threads in Linux's idle
+//! scheduling class (`SCHED_IDLE`), which run only on CPU time no other thread wants, and as
+//! many niced threads (`inspect.nice`). One lane inspects at a time; the other waits, parked.
+//! A governor thread looks every [`INTERVAL`] at the queue (pushes dropped from a full queue,
+//! how long the pushes waiting represent) and at forwarding's load (the share of the interval
+//! each serving thread was runnable, running or waiting for a core, from the kernel's
+//! per-thread scheduler statistics), and picks one of three [`Mode`]s:
 //!
-//! So there are two lanes of inspection threads on the one queue: niced threads, and as many
-//! threads in Linux's idle scheduling class (`SCHED_IDLE`), which run only on CPU time no other
-//! thread wants. One lane inspects at a time; the other waits, parked. Every
-//! [`INTERVAL`] the lane that inspects looks at two things: whether inspection is shedding
-//! (pushes were dropped from a full queue since the last look) and how much CPU the serving
-//! thread that wanted least wanted: the share of the interval it was runnable, running or
-//! waiting for a core (the kernel's per-thread scheduler statistics). When both say forwarding
-//! is saturated (shedding, and every serving thread runnable at least [`BUSY_HIGH`] of the
-//! time), the idle lane takes over; it hands back once either is no longer true (no drops, or a
-//! serving thread runnable less than [`BUSY_LOW`] of the time). Runnable, not merely running:
-//! on cores shared with the clients and Loki, a saturated serving thread spends as much time
-//! waiting for a core as on it, and how the two split depends on the host (a tenth of the
-//! interval either way between two hosts of the same kind), while their sum does not.
+//! - [`Mode::Calm`], the idle lane, as long as it keeps up. A push that wakes a serving thread
+//!   on the core an inspection runs on then never waits for the inspection to give the core
+//!   up: the idle class is preempted at once. Measured at the engine's target rate (2 M
+//!   lines/s, every push inspected) on two cores, 64 KiB pushes at concurrency 1: p99 1.06x
+//!   nginx's with the idle lane, 1.35x with the niced one, 1.03x with no inspection at all.
+//! - [`Mode::Contended`], the niced lane, when the idle lane falls behind (pushes shed, or
+//!   waiting longer than [`LAG_BEHIND`]) while forwarding has CPU to spare: the contention
+//!   comes from other work on the host (or from the attack logwarden should report), and
+//!   inspection keeps a share of its own. Every [`RETRY_CALM`] without a backlog the idle lane
+//!   is tried again. One client sending as fast as it is answered also lands here: one serving
+//!   thread has nothing to do, and measured, the idle class slowed forwarding there (0.77x the
+//!   requests/s at concurrency 1: with the inspection core counted as idle, the scheduler
+//!   spread each request's hand-offs over both cores instead of keeping them on one).
+//! - [`Mode::Aside`], the idle lane, paced, while inspection sheds and every serving thread was
+//!   runnable at least [`BUSY_HIGH`] of the interval (forwarding itself saturates the host):
+//!   forwarding keeps its rate, and the idle-class threads pause after each push so that they
+//!   inspect at most `inspect.aside_share` of the time ([`pause_after`]). The idle class alone
+//!   still took more than the host had to spare (it runs whenever a core is idle for a moment,
+//!   and each such run is preempted, with its cache, when forwarding wants the core back):
+//!   measured at 64 KiB and concurrency 8 on two cores, 5–6 µs of inspection per forwarded push
+//!   against the 3.6–7 µs a plain proxy leaves idle; paced to a tenth, 0.8–1.3 µs. Detection goes
+//!   on over a sample of the flood; the rest is shed and counted. It ends, calm, when drops
+//!   stop or a serving thread is runnable less than [`BUSY_LOW`] of the time.
 //!
-//! While it stands aside, inspection also paces itself: after each push the idle-class thread
-//! pauses so that it inspects at most `inspect.aside_share` of the time ([`pause_after`]).
-//! The idle class alone still took more CPU at saturation than the host had to spare (it runs
-//! whenever a core is idle for a moment, between one wake-up and the next, and each such run
-//! is preempted, with its cache, when forwarding wants the core back): measured at 64 KiB and
-//! concurrency 8 on two cores, 5–6 µs of inspection per forwarded push against the 3.6–7 µs a
-//! plain proxy leaves idle, and requests/s stayed under nginx's; paced to a tenth, 0.8 µs.
-//! Detection goes on over a sample of the flood; the rest is shed and counted.
-//!
-//! A busy host with an ordinary push rate never steps aside: its serving threads are mostly
-//! idle. Nor do a few clients that keep only some serving threads busy (one Promtail, one
-//! connection): forwarding then has threads to spare, a niced inspection thread on another
-//! core does not slow it, and measured, the idle class did (64 KiB and 1 MiB pushes at
-//! concurrency 1 on two cores, 0.77x the requests/s: with the inspection core counted as idle,
-//! the scheduler spread the request's hand-offs over both cores instead of keeping them on
-//! one).
+//! Runnable, not merely running: on cores shared with the clients and Loki, a saturated
+//! serving thread spends as much time waiting for a core as on it, and how the two split
+//! depends on the host, while their sum does not.
 //!
 //! Two lanes and not one thread that changes its class: an unprivileged process may enter the
 //! idle class but not leave it (nor lower a niceness it raised), so a thread switched back and
-//! forth works only as root.
+//! forth works only as root. And a governor thread of its own, at normal priority: a starved
+//! idle-class thread could not notice that it is starved.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -58,18 +57,103 @@ pub trait ForwardingLoad: Send + Sync {
     fn busy(&self) -> Vec<Duration>;
 }
 
-/// How often the inspecting lane looks at forwarding's load and at drops.
+/// How often the governor looks at the queue and at forwarding's load.
 pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
 /// Serving threads all runnable this share of an interval, while inspection sheds, are
 /// saturated. Measured on two cores shared with the load generator and the sink: 80–95 % at
 /// saturation with 64 KiB pushes at concurrency 8, with inspection niced or aside; at
 /// concurrency 1 one serving thread has nothing to do (0 %).
 pub(crate) const BUSY_HIGH: f64 = 0.6;
-/// Below this share (or without drops) inspection takes its niced lane back.
+/// Below this share (or without drops) inspection stops standing aside.
 pub(crate) const BUSY_LOW: f64 = 0.3;
+/// Pushes waiting for inspection that represent this much time (at the rate they arrive) mean
+/// the inspecting lane has fallen behind.
+pub(crate) const LAG_BEHIND: Duration = Duration::from_millis(500);
+/// How long the niced lane inspects before the idle lane is tried again (when nothing is shed
+/// and the queue holds less than [`LAG_CALM`]).
+pub(crate) const RETRY_CALM: Duration = Duration::from_secs(10);
+/// A backlog this short counts as none, for going back to the idle lane.
+pub(crate) const LAG_CALM: Duration = Duration::from_millis(50);
 /// Longest pause between two paced inspections, so a very large push does not keep an
 /// inspection thread asleep for long (shutdown waits for it).
 pub(crate) const MAX_PAUSE: Duration = INTERVAL;
+
+/// The two lanes of inspection threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// Niced threads: inspect while the idle class is starved by other work.
+    Niced,
+    /// Idle-class threads: inspect otherwise.
+    Idle,
+}
+
+/// Which lane inspects, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// The idle lane, unpaced: it keeps up.
+    Calm = 0,
+    /// The niced lane: the idle lane fell behind while forwarding had CPU to spare.
+    Contended = 1,
+    /// The idle lane, paced: forwarding is saturated and inspection sheds.
+    Aside = 2,
+}
+
+impl Mode {
+    fn from_u8(v: u8) -> Mode {
+        match v {
+            1 => Mode::Contended,
+            2 => Mode::Aside,
+            _ => Mode::Calm,
+        }
+    }
+
+    /// The lane that inspects in this mode.
+    pub(crate) fn lane(self) -> Lane {
+        match self {
+            Mode::Contended => Lane::Niced,
+            Mode::Calm | Mode::Aside => Lane::Idle,
+        }
+    }
+}
+
+/// What the governor saw over the last interval.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Look {
+    /// The least runnable serving thread's share of the interval (0 when unknown).
+    pub least_busy: f64,
+    /// Pushes were dropped from a full queue.
+    pub shedding: bool,
+    /// How long the pushes waiting represent, at the rate they arrived.
+    pub backlog: Duration,
+    /// How long the current mode has lasted.
+    pub in_mode: Duration,
+}
+
+/// The next mode, given the current one and the last interval's [`Look`].
+pub(crate) fn next_mode(mode: Mode, look: Look) -> Mode {
+    let saturated = look.least_busy
+        >= if mode == Mode::Aside {
+            BUSY_LOW
+        } else {
+            BUSY_HIGH
+        };
+    if look.shedding && saturated {
+        return Mode::Aside;
+    }
+    let behind = look.shedding || look.backlog >= LAG_BEHIND;
+    match mode {
+        // The end of a flood: its drops and its backlog are the flood's, not other work's.
+        Mode::Aside => Mode::Calm,
+        Mode::Calm if behind => Mode::Contended,
+        Mode::Calm => Mode::Calm,
+        Mode::Contended
+            if !look.shedding && look.backlog < LAG_CALM && look.in_mode >= RETRY_CALM =>
+        {
+            Mode::Calm
+        }
+        Mode::Contended => Mode::Contended,
+    }
+}
 
 /// How long an inspection thread pauses after a push that took `inspected` to inspect, so that
 /// it inspects at most `share` of the time (0 < `share` <= 1), and never for longer than
@@ -81,57 +165,80 @@ pub(crate) fn pause_after(inspected: Duration, share: f64) -> Duration {
     inspected.mul_f64((1.0 - share) / share).min(MAX_PAUSE)
 }
 
-/// The two lanes of inspection threads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Lane {
-    /// Niced threads: inspect unless forwarding is saturated.
-    Niced,
-    /// Idle-class threads: inspect while forwarding is saturated.
-    Idle,
+/// The queue's counters, as the governor reads them each interval.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct QueueReading {
+    /// Pushes dropped from a full queue, in all.
+    pub dropped: u64,
+    /// Pushes inspected, in all.
+    pub inspected: u64,
+    /// Pushes waiting now.
+    pub depth: usize,
 }
 
-/// Whether inspection should stand aside (the idle lane inspects) for the next interval, given
-/// whether it does now, the least busy serving thread's share of the last interval and whether
-/// pushes were shed in it.
-pub(crate) fn stand_aside(aside: bool, least_busy: f64, shedding: bool) -> bool {
-    shedding && least_busy >= if aside { BUSY_LOW } else { BUSY_HIGH }
+/// How long `now.depth` waiting pushes represent, given the reading an `elapsed` ago: the depth
+/// over the rate pushes arrived at (dropped, inspected or still waiting). When none arrived, a
+/// queue that holds pushes and inspected none is stuck (the lane is starved): [`Duration::MAX`].
+pub(crate) fn backlog(before: QueueReading, now: QueueReading, elapsed: Duration) -> Duration {
+    if now.depth == 0 {
+        return Duration::ZERO;
+    }
+    let arrived = (now.dropped.saturating_sub(before.dropped)
+        + now.inspected.saturating_sub(before.inspected)) as f64
+        + now.depth as f64
+        - before.depth as f64;
+    if arrived <= 0.0 {
+        return if now.inspected > before.inspected {
+            Duration::ZERO
+        } else {
+            Duration::MAX
+        };
+    }
+    Duration::try_from_secs_f64(now.depth as f64 * elapsed.as_secs_f64() / arrived)
+        .unwrap_or(Duration::MAX)
 }
 
-struct Look {
+struct Last {
     at: Instant,
     busy: Vec<Duration>,
-    dropped: u64,
+    queue: QueueReading,
+    mode_since: Instant,
 }
 
 /// Which lane inspects, and the threads of both.
 pub(crate) struct Lanes {
     /// False: one lane only (idle or niced throughout), nothing ever changes.
     two: bool,
-    aside: AtomicBool,
+    mode: AtomicU8,
     stopping: AtomicBool,
     threads: Mutex<Vec<(Lane, Thread)>>,
-    last: Mutex<Look>,
+    last: Mutex<Last>,
     load: Mutex<Option<Arc<dyn ForwardingLoad>>>,
-    gauge: IntGauge,
+    aside_gauge: IntGauge,
+    niced_gauge: IntGauge,
 }
 
 impl Lanes {
-    /// Lanes with both kinds of threads when `two`, else a single lane; `gauge` shows whether
-    /// inspection stands aside.
-    pub(crate) fn new(two: bool, gauge: IntGauge) -> Lanes {
-        gauge.set(0);
+    /// Lanes with both kinds of threads when `two`, else a single lane; the gauges show whether
+    /// inspection stands aside and whether the niced lane inspects.
+    pub(crate) fn new(two: bool, aside_gauge: IntGauge, niced_gauge: IntGauge) -> Lanes {
+        aside_gauge.set(0);
+        niced_gauge.set(0);
+        let now = Instant::now();
         Lanes {
             two,
-            aside: AtomicBool::new(false),
+            mode: AtomicU8::new(Mode::Calm as u8),
             stopping: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
-            last: Mutex::new(Look {
-                at: Instant::now(),
+            last: Mutex::new(Last {
+                at: now,
                 busy: Vec::new(),
-                dropped: 0,
+                queue: QueueReading::default(),
+                mode_since: now,
             }),
             load: Mutex::new(None),
-            gauge,
+            aside_gauge,
+            niced_gauge,
         }
     }
 
@@ -151,29 +258,36 @@ impl Lanes {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(load);
     }
 
-    /// Returns whether inspection stands aside now (the idle lane inspects).
-    pub(crate) fn aside(&self) -> bool {
-        self.aside.load(Ordering::Acquire)
+    /// The current mode.
+    pub(crate) fn mode(&self) -> Mode {
+        Mode::from_u8(self.mode.load(Ordering::Acquire))
     }
 
-    /// Returns whether `lane`'s threads pace their inspections now (see [`pause_after`]): the
-    /// idle lane, while inspection stands aside for forwarding, and not while stopping (the
-    /// queue is drained at full speed).
+    /// Returns whether inspection stands aside now (the idle lane inspects, paced).
+    pub(crate) fn aside(&self) -> bool {
+        self.mode() == Mode::Aside
+    }
+
+    /// Returns whether the governor stops (shutdown).
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Returns whether `lane`'s threads pace their inspections now (see [`pause_after`]): while
+    /// inspection stands aside for forwarding, and not while stopping (the queue is drained at
+    /// full speed).
     pub(crate) fn paced(&self, lane: Lane) -> bool {
-        self.two && lane == Lane::Idle && self.aside() && !self.stopping.load(Ordering::Acquire)
+        self.two && lane == Lane::Idle && self.aside() && !self.stopping()
     }
 
     fn inspects(&self, lane: Lane) -> bool {
-        !self.two || self.stopping.load(Ordering::Acquire) || {
-            let aside = self.aside();
-            (lane == Lane::Idle) == aside
-        }
+        !self.two || self.stopping() || self.mode().lane() == lane
     }
 
     /// Waits, parked, while the other lane inspects.
     pub(crate) fn wait_turn(&self, lane: Lane) {
         while !self.inspects(lane) {
-            // A hand-over sets the flag, then unparks: a token left before this park makes it
+            // A hand-over sets the mode, then unparks: a token left before this park makes it
             // return at once, and the loop looks again.
             std::thread::park();
         }
@@ -197,19 +311,19 @@ impl Lanes {
         }
     }
 
-    /// Looks at forwarding's load and at the drops (`dropped`, the total so far) at most once
-    /// per [`INTERVAL`], and hands inspection to the other lane when [`stand_aside`] says so.
-    /// Called by the inspecting lane after each push; cheap when the interval has not passed.
-    pub(crate) fn govern(&self, dropped: u64) {
+    /// Looks at forwarding's load and at the queue (`queue`, read now), and changes the mode
+    /// when [`next_mode`] says so. Called by the governor thread every [`INTERVAL`].
+    pub(crate) fn govern(&self, queue: QueueReading) {
         if !self.two {
             return;
         }
-        let Ok(mut last) = self.last.try_lock() else {
-            return;
-        };
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
         let elapsed = now.duration_since(last.at);
-        if elapsed < INTERVAL {
+        if elapsed.is_zero() {
             return;
         }
         let load = self
@@ -230,33 +344,61 @@ impl Lanes {
                 })
                 .fold(f64::INFINITY, f64::min)
         };
-        let shedding = dropped > last.dropped;
-        *last = Look {
-            at: now,
-            busy,
-            dropped,
+        let look = Look {
+            least_busy,
+            shedding: queue.dropped > last.queue.dropped,
+            backlog: backlog(last.queue, queue, elapsed),
+            in_mode: now.duration_since(last.mode_since),
         };
-        let was = self.aside();
-        let next = stand_aside(was, least_busy, shedding);
+        last.at = now;
+        last.busy = busy;
+        last.queue = queue;
+        let was = self.mode();
+        let next = next_mode(was, look);
         if next == was {
             return;
         }
-        self.aside.store(next, Ordering::Release);
-        self.gauge.set(i64::from(next));
-        if next {
-            tracing::warn!(
-                least_busy_serving_thread = format!("{:.0} %", 100.0 * least_busy),
-                "forwarding is saturated and inspection is shedding: inspection runs only on CPU time forwarding leaves, on a sample of the pushes (inspect.aside_share), until it is not"
-            );
-            self.wake(|lane| lane == Lane::Idle);
+        last.mode_since = now;
+        drop(last);
+        self.mode.store(next as u8, Ordering::Release);
+        self.aside_gauge.set(i64::from(next == Mode::Aside));
+        self.niced_gauge.set(i64::from(next == Mode::Contended));
+        let least_busy_serving_thread = format!("{:.0} %", 100.0 * look.least_busy);
+        let backlog = if look.backlog == Duration::MAX {
+            "stuck".to_owned()
         } else {
-            tracing::info!(
-                least_busy_serving_thread = format!("{:.0} %", 100.0 * least_busy),
-                shedding,
-                "forwarding has CPU to spare again: inspection back at its niced priority"
-            );
-            self.wake(|lane| lane == Lane::Niced);
+            format!("{} ms", look.backlog.as_millis())
+        };
+        match next {
+            Mode::Aside => tracing::warn!(
+                least_busy_serving_thread,
+                "forwarding is saturated and inspection is shedding: inspection runs only on CPU time forwarding leaves, on a sample of the pushes (inspect.aside_share), until it is not"
+            ),
+            Mode::Contended => tracing::info!(
+                least_busy_serving_thread,
+                shedding = look.shedding,
+                backlog,
+                "inspection fell behind on the CPU time nothing else wants while forwarding has CPU to spare: the niced inspection threads take over"
+            ),
+            Mode::Calm => tracing::info!(
+                least_busy_serving_thread,
+                backlog,
+                "inspection runs on the CPU time nothing else wants again"
+            ),
         }
+        self.wake(|lane| lane == next.lane());
+    }
+}
+
+/// Runs the governor on the calling thread until `lanes` stop: every [`INTERVAL`], `read` the
+/// queue's counters and [`Lanes::govern`].
+pub(crate) fn run_governor(lanes: &Lanes, read: impl Fn() -> QueueReading) {
+    while !lanes.stopping() {
+        std::thread::park_timeout(INTERVAL);
+        if lanes.stopping() {
+            break;
+        }
+        lanes.govern(read());
     }
 }
 
@@ -264,25 +406,74 @@ impl Lanes {
 mod tests {
     use super::*;
 
+    fn look(least_busy: f64, shedding: bool, backlog_ms: u64, in_mode_s: u64) -> Look {
+        Look {
+            least_busy,
+            shedding,
+            backlog: Duration::from_millis(backlog_ms),
+            in_mode: Duration::from_secs(in_mode_s),
+        }
+    }
+
     #[test]
-    fn inspection_stands_aside_only_while_forwarding_is_saturated_and_it_sheds() {
-        // Normal: both conditions are needed.
-        assert!(stand_aside(false, 0.9, true));
-        assert!(
-            !stand_aside(false, 0.9, false),
-            "no drops: inspection keeps up"
+    fn the_idle_lane_inspects_unless_starved_by_other_work_and_paces_only_for_a_flood() {
+        use Mode::{Aside, Calm, Contended};
+        // Calm: stays while it keeps up, whatever forwarding does.
+        assert_eq!(next_mode(Calm, look(0.9, false, 0, 0)), Calm);
+        assert_eq!(next_mode(Calm, look(0.1, false, 100, 0)), Calm);
+        // Behind (a backlog, or drops) while forwarding has CPU to spare: the niced lane.
+        assert_eq!(next_mode(Calm, look(0.1, false, 600, 0)), Contended);
+        assert_eq!(next_mode(Calm, look(0.1, true, 0, 0)), Contended);
+        // One client flooding: one serving thread idle, so not saturated.
+        assert_eq!(next_mode(Calm, look(0.0, true, 0, 0)), Contended);
+        // Drops while every serving thread is saturated: aside, from any mode.
+        for mode in [Calm, Contended, Aside] {
+            assert_eq!(
+                next_mode(mode, look(BUSY_HIGH, true, 0, 0)),
+                Aside,
+                "{mode:?}"
+            );
+        }
+        // A backlog alone with forwarding saturated is not a flood to stand aside for.
+        assert_eq!(next_mode(Calm, look(0.9, false, 600, 0)), Contended);
+        // Aside: stays while drops go on and forwarding is still busy (hysteresis) ...
+        assert_eq!(next_mode(Aside, look(0.45, true, 0, 0)), Aside);
+        assert_eq!(next_mode(Aside, look(BUSY_LOW, true, 0, 0)), Aside);
+        // ... and ends when either does, calm: the drops and the backlog of the interval a
+        // flood ends in are the flood's (other work starving it shows in the next ones).
+        assert_eq!(next_mode(Aside, look(0.9, false, 0, 0)), Calm);
+        assert_eq!(next_mode(Aside, look(0.1, true, 0, 0)), Calm);
+        assert_eq!(next_mode(Aside, look(0.9, false, 600, 0)), Calm);
+        // Contended: the idle lane is tried again after a while without a backlog.
+        assert_eq!(next_mode(Contended, look(0.1, false, 0, 1)), Contended);
+        assert_eq!(next_mode(Contended, look(0.1, false, 0, 10)), Calm);
+        assert_eq!(next_mode(Contended, look(0.1, false, 100, 10)), Contended);
+        assert_eq!(next_mode(Contended, look(0.1, true, 0, 10)), Contended);
+    }
+
+    #[test]
+    fn the_backlog_is_the_waiting_pushes_at_the_rate_they_arrive() {
+        let r = |dropped, inspected, depth| QueueReading {
+            dropped,
+            inspected,
+            depth,
+        };
+        let s = Duration::from_secs(1);
+        // 100 arrived in a second (90 inspected, 10 more waiting); 20 waiting = 0.2 s.
+        assert_eq!(
+            backlog(r(0, 0, 10), r(0, 90, 20), s),
+            Duration::from_millis(200)
         );
-        assert!(
-            !stand_aside(false, 0.3, true),
-            "forwarding not saturated: the contention comes from elsewhere"
+        // Drops count as arrivals.
+        assert_eq!(
+            backlog(r(0, 0, 0), r(50, 0, 50), s),
+            Duration::from_millis(500)
         );
-        assert!(stand_aside(false, BUSY_HIGH, true));
-        // Aside: it stays while drops go on and forwarding is still busy (hysteresis) ...
-        assert!(stand_aside(true, 0.45, true));
-        assert!(stand_aside(true, BUSY_LOW, true));
-        // ... and hands back when either ends.
-        assert!(!stand_aside(true, 0.1, true));
-        assert!(!stand_aside(true, 0.9, false));
+        // Empty: none.
+        assert_eq!(backlog(r(0, 0, 5), r(0, 5, 0), s), Duration::ZERO);
+        // Nothing arrived: draining is fine, stuck is not.
+        assert_eq!(backlog(r(0, 0, 10), r(0, 5, 5), s), Duration::ZERO);
+        assert_eq!(backlog(r(0, 0, 10), r(0, 0, 10), s), Duration::MAX);
     }
 
     #[test]
@@ -298,19 +489,25 @@ mod tests {
         assert_eq!(pause_after(ms(50), 0.1), MAX_PAUSE);
     }
 
+    fn lanes(two: bool) -> (Lanes, IntGauge, IntGauge) {
+        let registry = prometheus::Registry::new();
+        let aside = crate::metrics::gauge(&registry, "aside", "test");
+        let niced = crate::metrics::gauge(&registry, "niced", "test");
+        (Lanes::new(two, aside.clone(), niced.clone()), aside, niced)
+    }
+
     #[test]
     fn only_the_idle_lane_paces_and_only_while_aside() {
-        let registry = prometheus::Registry::new();
-        let lanes = Lanes::new(true, crate::metrics::gauge(&registry, "aside", "test"));
+        let (lanes, _, _) = lanes(true);
         assert!(!lanes.paced(Lane::Idle) && !lanes.paced(Lane::Niced));
-        lanes.aside.store(true, Ordering::Release);
+        lanes.mode.store(Mode::Aside as u8, Ordering::Release);
         assert!(lanes.paced(Lane::Idle) && !lanes.paced(Lane::Niced));
         // Stopping: the queue is drained at full speed.
         lanes.stop();
         assert!(!lanes.paced(Lane::Idle));
         // A single idle lane (inspect.idle_priority) never paces.
-        let single = Lanes::new(false, crate::metrics::gauge(&registry, "aside2", "test"));
-        single.aside.store(true, Ordering::Release);
+        let (single, _, _) = self::lanes(false);
+        single.mode.store(Mode::Aside as u8, Ordering::Release);
         assert!(!single.paced(Lane::Idle));
     }
 
@@ -322,48 +519,54 @@ mod tests {
         }
     }
 
+    /// Waits an interval with the serving threads runnable throughout where `busy` says so.
+    fn interval(load: &Fixed, busy: [bool; 2]) {
+        let start = Instant::now();
+        std::thread::sleep(INTERVAL);
+        for (total, busy) in load.0.lock().unwrap().iter_mut().zip(busy) {
+            if busy {
+                *total += start.elapsed();
+            }
+        }
+    }
+
     #[test]
-    fn the_lanes_hand_over_on_the_serving_threads_load_and_the_drops() {
-        let registry = prometheus::Registry::new();
-        let gauge = crate::metrics::gauge(&registry, "aside", "test");
-        let lanes = Lanes::new(true, gauge.clone());
+    fn the_lanes_hand_over_on_the_serving_threads_load_and_the_queue() {
+        let (lanes, aside, niced) = lanes(true);
         let load = Arc::new(Fixed(Mutex::new(vec![Duration::ZERO; 2])));
-        lanes.govern(0);
-        assert!(!lanes.aside(), "no load to read yet");
-        lanes.watch(Arc::clone(&load) as Arc<dyn ForwardingLoad>);
-        // First look: takes the serving threads' totals as its starting point.
-        std::thread::sleep(INTERVAL);
-        lanes.govern(0);
-        assert!(!lanes.aside());
-        // One serving thread busy throughout the interval, the other idle, and drops: forwarding
-        // has a thread to spare (one client), inspection keeps its niced lane.
-        let start = Instant::now();
-        std::thread::sleep(INTERVAL);
-        load.0.lock().unwrap()[1] += start.elapsed();
-        lanes.govern(3);
-        assert!(!lanes.aside());
-        // Both busy throughout, and drops: aside.
-        let start = Instant::now();
-        std::thread::sleep(INTERVAL);
-        for busy in load.0.lock().unwrap().iter_mut() {
-            *busy += start.elapsed();
-        }
-        lanes.govern(5);
-        assert!(lanes.aside());
-        assert_eq!(gauge.get(), 1);
+        let q = |dropped, inspected, depth| QueueReading {
+            dropped,
+            inspected,
+            depth,
+        };
+        assert_eq!(lanes.mode(), Mode::Calm);
         assert!(lanes.inspects(Lane::Idle) && !lanes.inspects(Lane::Niced));
-        // Within the interval nothing is looked at, not even an idle forwarding path.
-        lanes.govern(5);
-        assert!(lanes.aside());
-        // Busy still, but no more drops: the niced lane takes over again.
-        let start = Instant::now();
+        lanes.govern(q(0, 0, 0));
+        lanes.watch(Arc::clone(&load) as Arc<dyn ForwardingLoad>);
+        // First look at the load: takes the serving threads' totals as its starting point.
         std::thread::sleep(INTERVAL);
-        for busy in load.0.lock().unwrap().iter_mut() {
-            *busy += start.elapsed();
-        }
-        lanes.govern(5);
-        assert!(!lanes.aside());
-        assert_eq!(gauge.get(), 0);
+        lanes.govern(q(0, 0, 0));
+        assert_eq!(lanes.mode(), Mode::Calm);
+        // Both serving threads runnable throughout, and drops: aside, paced.
+        interval(&load, [true, true]);
+        lanes.govern(q(5, 10, 8));
+        assert_eq!(lanes.mode(), Mode::Aside);
+        assert_eq!((aside.get(), niced.get()), (1, 0));
+        assert!(lanes.paced(Lane::Idle));
+        // Busy still, but no more drops and the queue drains: calm again.
+        interval(&load, [true, true]);
+        lanes.govern(q(5, 20, 0));
+        assert_eq!(lanes.mode(), Mode::Calm);
+        assert_eq!((aside.get(), niced.get()), (0, 0));
+        // One serving thread idle (forwarding has CPU to spare) and the queue stuck: the idle
+        // lane is starved by other work, and the niced lane takes over.
+        interval(&load, [true, false]);
+        lanes.govern(q(5, 20, 3));
+        interval(&load, [true, false]);
+        lanes.govern(q(5, 20, 3));
+        assert_eq!(lanes.mode(), Mode::Contended);
+        assert_eq!((aside.get(), niced.get()), (0, 1));
+        assert!(lanes.inspects(Lane::Niced) && !lanes.inspects(Lane::Idle));
         // Shutdown lets both lanes take from the queue.
         lanes.stop();
         assert!(lanes.inspects(Lane::Idle) && lanes.inspects(Lane::Niced));
@@ -371,17 +574,18 @@ mod tests {
 
     #[test]
     fn a_single_lane_never_hands_over() {
-        let registry = prometheus::Registry::new();
-        let lanes = Lanes::new(false, crate::metrics::gauge(&registry, "aside", "test"));
-        let load = Arc::new(Fixed(Mutex::new(vec![Duration::ZERO])));
+        let (lanes, _, _) = lanes(false);
+        let load = Arc::new(Fixed(Mutex::new(vec![Duration::ZERO; 2])));
         lanes.watch(Arc::clone(&load) as Arc<dyn ForwardingLoad>);
         std::thread::sleep(INTERVAL);
-        lanes.govern(0);
-        let start = Instant::now();
-        std::thread::sleep(INTERVAL);
-        load.0.lock().unwrap()[0] += start.elapsed();
-        lanes.govern(10);
-        assert!(!lanes.aside());
+        lanes.govern(QueueReading::default());
+        interval(&load, [true, true]);
+        lanes.govern(QueueReading {
+            dropped: 10,
+            inspected: 0,
+            depth: 8,
+        });
+        assert_eq!(lanes.mode(), Mode::Calm);
         assert!(lanes.inspects(Lane::Niced) && lanes.inspects(Lane::Idle));
     }
 }
