@@ -198,15 +198,15 @@ pub struct InspectConfig {
     /// that under CPU contention forwarding is served first; 0 keeps normal priority.
     /// Default 5.
     pub nice: i32,
-    /// Forwarding first: while forwarding is saturated (every serving thread runnable 60 % of
-    /// the time or more) and inspection sheds, inspection runs only on CPU time forwarding
-    /// leaves (threads in the idle scheduling class take over from the niced ones) and for at
-    /// most `aside_share` of the time, so forwarding keeps its rate; it takes its niced share
-    /// back when either ends. Default true.
+    /// Forwarding first: inspection threads in the idle scheduling class inspect while they
+    /// keep up; niced ones (`nice`) take over while other work starves them and forwarding has
+    /// CPU to spare; while forwarding is saturated (every serving thread runnable 60 % of the
+    /// time or more) and inspection sheds, the idle-class threads inspect for at most
+    /// `aside_share` of the time, so forwarding keeps its rate. Default true.
     pub forwarding_first: bool,
     /// With `forwarding_first`, the share of the time inspection runs while it stands aside
-    /// (it pauses between pushes), so a flood is inspected on a sample and forwarding gets the
-    /// CPU: above 0, at most 1 (1: no pauses). Default 0.1.
+    /// for a flood (it pauses between pushes), so the flood is inspected on a sample and
+    /// forwarding gets the CPU: above 0, at most 1 (1: no pauses). Default 0.1.
     pub aside_share: f64,
     /// Tenant assumed when a push has no `X-Scope-OrgID` (Loki's `no_auth_tenant`). Default `fake`.
     pub default_tenant: String,
