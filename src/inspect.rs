@@ -119,6 +119,8 @@ pub struct Inspector {
     queued_bytes: Arc<AtomicUsize>,
     max_queued_bytes: usize,
     lanes: Arc<Lanes>,
+    /// Held only here: the governor thread ends once the inspector is gone.
+    _alive: Arc<()>,
 }
 
 impl Inspector {
@@ -183,18 +185,24 @@ impl Inspector {
                     .expect("spawning an inspection thread")
             })
             .collect();
+        let alive = Arc::new(());
         if two {
             let lanes = Arc::clone(&shared_lanes);
             let queue = Arc::clone(&queue);
             let metrics = metrics.clone();
-            // Not joined: it ends within an interval of the lanes stopping.
+            let inspector_alive = Arc::downgrade(&alive);
+            // Not joined: it ends within an interval of the lanes stopping or the inspector
+            // being dropped.
             std::thread::Builder::new()
                 .name("inspect-govern".to_owned())
                 .spawn(move || {
-                    lanes::run_governor(&lanes, || QueueReading {
-                        dropped: metrics.inspect_dropped.get(),
-                        inspected: metrics.inspect_duration.get_sample_count(),
-                        depth: queue.len(),
+                    lanes::run_governor(&lanes, || {
+                        inspector_alive.upgrade()?;
+                        Some(QueueReading {
+                            dropped: metrics.inspect_dropped.get(),
+                            inspected: metrics.inspect_duration.get_sample_count(),
+                            depth: queue.len(),
+                        })
                     });
                 })
                 .expect("spawning the inspection governor");
@@ -207,6 +215,7 @@ impl Inspector {
             queued_bytes,
             max_queued_bytes,
             lanes: shared_lanes,
+            _alive: alive,
         })
     }
 

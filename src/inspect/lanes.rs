@@ -390,15 +390,19 @@ impl Lanes {
     }
 }
 
-/// Runs the governor on the calling thread until `lanes` stop: every [`INTERVAL`], `read` the
-/// queue's counters and [`Lanes::govern`].
-pub(crate) fn run_governor(lanes: &Lanes, read: impl Fn() -> QueueReading) {
+/// Runs the governor on the calling thread until `lanes` stop or `read` has nothing to read
+/// (the inspector is gone): every [`INTERVAL`], `read` the queue's counters and
+/// [`Lanes::govern`].
+pub(crate) fn run_governor(lanes: &Lanes, read: impl Fn() -> Option<QueueReading>) {
     while !lanes.stopping() {
         std::thread::park_timeout(INTERVAL);
         if lanes.stopping() {
             break;
         }
-        lanes.govern(read());
+        let Some(reading) = read() else {
+            break;
+        };
+        lanes.govern(reading);
     }
 }
 
@@ -509,6 +513,18 @@ mod tests {
         let (single, _, _) = self::lanes(false);
         single.mode.store(Mode::Aside as u8, Ordering::Release);
         assert!(!single.paced(Lane::Idle));
+    }
+
+    #[test]
+    fn the_governor_ends_when_the_lanes_stop_or_the_inspector_is_gone() {
+        let (lanes, _, _) = lanes(true);
+        // Nothing to read (the inspector was dropped): it returns after one interval.
+        let started = Instant::now();
+        run_governor(&lanes, || None);
+        assert!(started.elapsed() < 20 * INTERVAL);
+        // Stopped: it returns without reading.
+        lanes.stop();
+        run_governor(&lanes, || panic!("read after the lanes stopped"));
     }
 
     struct Fixed(Mutex<Vec<Duration>>);
