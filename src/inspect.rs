@@ -494,7 +494,7 @@ mod tests {
     }
 
     impl ForwardingLoad for Load {
-        fn busy(&self) -> Vec<Duration> {
+        fn runnable(&self) -> Vec<Duration> {
             let mut t = self.total.lock().unwrap();
             let now = std::time::Instant::now();
             if self.busy.load(Ordering::Relaxed) {

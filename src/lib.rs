@@ -361,7 +361,9 @@ pub async fn serve(
     let threads =
         threads::ServingThreads::start(threads::resolve(app.inner.config.raw.server.threads))
             .map_err(|e| anyhow::anyhow!("cannot start the serving threads: {e}"))?;
-    app.inner.inspector.watch_forwarding(threads.busy_probe());
+    app.inner
+        .inspector
+        .watch_forwarding(threads.runnable_probe());
     let signal_app = app.clone();
     let signal = async move {
         shutdown.await;

@@ -133,7 +133,7 @@ impl ServingThreads {
     /// for a core, from the kernel's scheduler statistics), for inspection to step aside while
     /// forwarding is saturated. Where the kernel does not report it, the probe reads nothing and
     /// inspection never steps aside.
-    pub fn busy_probe(&self) -> Arc<dyn crate::inspect::ForwardingLoad> {
+    pub fn runnable_probe(&self) -> Arc<dyn crate::inspect::ForwardingLoad> {
         Arc::new(Runnable(self.workers.iter().map(|w| w.tid).collect()))
     }
 
@@ -192,7 +192,7 @@ impl Drop for ServingThreads {
 struct Runnable(Vec<Option<i32>>);
 
 impl crate::inspect::ForwardingLoad for Runnable {
-    fn busy(&self) -> Vec<std::time::Duration> {
+    fn runnable(&self) -> Vec<std::time::Duration> {
         self.0
             .iter()
             .map(|tid| {
@@ -231,7 +231,7 @@ mod tests {
     use std::time::Duration;
 
     #[tokio::test]
-    async fn a_connection_runs_wholly_on_the_least_busy_serving_thread() {
+    async fn a_connection_runs_wholly_on_the_least_runnable_serving_thread() {
         let threads = ServingThreads::start(2).unwrap();
         assert_eq!(threads.len(), 2);
         let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -297,8 +297,8 @@ mod tests {
     #[tokio::test]
     async fn the_probe_sees_which_serving_thread_wants_the_cpu() {
         let threads = ServingThreads::start(2).unwrap();
-        let probe = threads.busy_probe();
-        let before = probe.busy();
+        let probe = threads.runnable_probe();
+        let before = probe.runnable();
         assert_eq!(before.len(), 2, "one reading per serving thread");
         // One thread spins for 300 ms (a connection that keeps it busy); the other has nothing.
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -310,7 +310,7 @@ mod tests {
             let _ = done_tx.send(current());
         });
         let spun = done_rx.await.unwrap().unwrap();
-        let after = probe.busy();
+        let after = probe.runnable();
         let grown: Vec<Duration> = after.iter().zip(&before).map(|(a, b)| *a - *b).collect();
         assert!(grown[spun] >= Duration::from_millis(290), "{grown:?}");
         assert!(grown[1 - spun] < Duration::from_millis(100), "{grown:?}");

@@ -24,7 +24,7 @@
 //!   requests/s at concurrency 1: with the inspection core counted as idle, the scheduler
 //!   spread each request's hand-offs over both cores instead of keeping them on one).
 //! - [`Mode::Aside`], the idle lane, paced, while inspection sheds and every serving thread was
-//!   runnable at least [`BUSY_HIGH`] of the interval (forwarding itself saturates the host):
+//!   runnable at least [`RUNNABLE_HIGH`] of the interval (forwarding itself saturates the host):
 //!   forwarding keeps its rate, and the idle-class threads pause after each push so that they
 //!   inspect at most `inspect.aside_share` of the time ([`pause_after`]). The idle class alone
 //!   still took more than the host had to spare (it runs whenever a core is idle for a moment,
@@ -32,7 +32,7 @@
 //!   measured at 64 KiB and concurrency 8 on two cores, 5–6 µs of inspection per forwarded push
 //!   against the 3.6–7 µs a plain proxy leaves idle; paced to a tenth, 0.8–1.3 µs. Detection goes
 //!   on over a sample of the flood; the rest is shed and counted. It ends, calm, when drops
-//!   stop or a serving thread is runnable less than [`BUSY_LOW`] of the time.
+//!   stop or a serving thread is runnable less than [`RUNNABLE_LOW`] of the time.
 //!
 //! Runnable, not merely running: on cores shared with the clients and Loki, a saturated
 //! serving thread spends as much time waiting for a core as on it, and how the two split
@@ -54,7 +54,7 @@ use prometheus::IntGauge;
 pub trait ForwardingLoad: Send + Sync {
     /// How long each serving thread has been runnable (running, or waiting for a core) since
     /// it started; empty when that cannot be read.
-    fn busy(&self) -> Vec<Duration>;
+    fn runnable(&self) -> Vec<Duration>;
 }
 
 /// How often the governor looks at the queue and at forwarding's load.
@@ -63,9 +63,9 @@ pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
 /// saturated. Measured on two cores shared with the load generator and the sink: 80–95 % at
 /// saturation with 64 KiB pushes at concurrency 8, with inspection niced or aside; at
 /// concurrency 1 one serving thread has nothing to do (0 %).
-pub(crate) const BUSY_HIGH: f64 = 0.6;
+pub(crate) const RUNNABLE_HIGH: f64 = 0.6;
 /// Below this share (or without drops) inspection stops standing aside.
-pub(crate) const BUSY_LOW: f64 = 0.3;
+pub(crate) const RUNNABLE_LOW: f64 = 0.3;
 /// Pushes waiting for inspection that represent this much time (at the rate they arrive) mean
 /// the inspecting lane has fallen behind.
 pub(crate) const LAG_BEHIND: Duration = Duration::from_millis(500);
@@ -120,7 +120,7 @@ impl Mode {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Look {
     /// The least runnable serving thread's share of the interval (0 when unknown).
-    pub least_busy: f64,
+    pub least_runnable: f64,
     /// Pushes were dropped from a full queue.
     pub shedding: bool,
     /// How long the pushes waiting represent, at the rate they arrived.
@@ -131,11 +131,11 @@ pub(crate) struct Look {
 
 /// The next mode, given the current one and the last interval's [`Look`].
 pub(crate) fn next_mode(mode: Mode, look: Look) -> Mode {
-    let saturated = look.least_busy
+    let saturated = look.least_runnable
         >= if mode == Mode::Aside {
-            BUSY_LOW
+            RUNNABLE_LOW
         } else {
-            BUSY_HIGH
+            RUNNABLE_HIGH
         };
     if look.shedding && saturated {
         return Mode::Aside;
@@ -200,7 +200,7 @@ pub(crate) fn backlog(before: QueueReading, now: QueueReading, elapsed: Duration
 
 struct Last {
     at: Instant,
-    busy: Vec<Duration>,
+    runnable: Vec<Duration>,
     queue: QueueReading,
     mode_since: Instant,
 }
@@ -232,7 +232,7 @@ impl Lanes {
             threads: Mutex::new(Vec::new()),
             last: Mutex::new(Last {
                 at: now,
-                busy: Vec::new(),
+                runnable: Vec::new(),
                 queue: QueueReading::default(),
                 mode_since: now,
             }),
@@ -331,27 +331,28 @@ impl Lanes {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let busy = load.map(|l| l.busy()).unwrap_or_default();
+        let runnable = load.map(|l| l.runnable()).unwrap_or_default();
         // The first look (or a changed set of threads, or a load that cannot be read) has
-        // nothing to compare with: not busy.
-        let least_busy = if busy.is_empty() || busy.len() != last.busy.len() {
+        // nothing to compare with: not runnable.
+        let least_runnable = if runnable.is_empty() || runnable.len() != last.runnable.len() {
             0.0
         } else {
-            busy.iter()
-                .zip(&last.busy)
+            runnable
+                .iter()
+                .zip(&last.runnable)
                 .map(|(now, before)| {
                     now.saturating_sub(*before).as_secs_f64() / elapsed.as_secs_f64()
                 })
                 .fold(f64::INFINITY, f64::min)
         };
         let look = Look {
-            least_busy,
+            least_runnable,
             shedding: queue.dropped > last.queue.dropped,
             backlog: backlog(last.queue, queue, elapsed),
             in_mode: now.duration_since(last.mode_since),
         };
         last.at = now;
-        last.busy = busy;
+        last.runnable = runnable;
         last.queue = queue;
         let was = self.mode();
         let next = next_mode(was, look);
@@ -363,7 +364,7 @@ impl Lanes {
         self.mode.store(next as u8, Ordering::Release);
         self.aside_gauge.set(i64::from(next == Mode::Aside));
         self.niced_gauge.set(i64::from(next == Mode::Contended));
-        let least_busy_serving_thread = format!("{:.0} %", 100.0 * look.least_busy);
+        let least_runnable_serving_thread = format!("{:.0} %", 100.0 * look.least_runnable);
         let backlog = if look.backlog == Duration::MAX {
             "stuck".to_owned()
         } else {
@@ -371,17 +372,17 @@ impl Lanes {
         };
         match next {
             Mode::Aside => tracing::warn!(
-                least_busy_serving_thread,
+                least_runnable_serving_thread,
                 "forwarding is saturated and inspection is shedding: inspection runs only on CPU time forwarding leaves, on a sample of the pushes (inspect.aside_share), until it is not"
             ),
             Mode::Contended => tracing::info!(
-                least_busy_serving_thread,
+                least_runnable_serving_thread,
                 shedding = look.shedding,
                 backlog,
                 "inspection fell behind on the CPU time nothing else wants while forwarding has CPU to spare: the niced inspection threads take over"
             ),
             Mode::Calm => tracing::info!(
-                least_busy_serving_thread,
+                least_runnable_serving_thread,
                 backlog,
                 "inspection runs on the CPU time nothing else wants again"
             ),
@@ -410,9 +411,9 @@ pub(crate) fn run_governor(lanes: &Lanes, read: impl Fn() -> Option<QueueReading
 mod tests {
     use super::*;
 
-    fn look(least_busy: f64, shedding: bool, backlog_ms: u64, in_mode_s: u64) -> Look {
+    fn look(least_runnable: f64, shedding: bool, backlog_ms: u64, in_mode_s: u64) -> Look {
         Look {
-            least_busy,
+            least_runnable,
             shedding,
             backlog: Duration::from_millis(backlog_ms),
             in_mode: Duration::from_secs(in_mode_s),
@@ -433,7 +434,7 @@ mod tests {
         // Drops while every serving thread is saturated: aside, from any mode.
         for mode in [Calm, Contended, Aside] {
             assert_eq!(
-                next_mode(mode, look(BUSY_HIGH, true, 0, 0)),
+                next_mode(mode, look(RUNNABLE_HIGH, true, 0, 0)),
                 Aside,
                 "{mode:?}"
             );
@@ -442,7 +443,7 @@ mod tests {
         assert_eq!(next_mode(Calm, look(0.9, false, 600, 0)), Contended);
         // Aside: stays while drops go on and forwarding is still busy (hysteresis) ...
         assert_eq!(next_mode(Aside, look(0.45, true, 0, 0)), Aside);
-        assert_eq!(next_mode(Aside, look(BUSY_LOW, true, 0, 0)), Aside);
+        assert_eq!(next_mode(Aside, look(RUNNABLE_LOW, true, 0, 0)), Aside);
         // ... and ends when either does, calm: the drops and the backlog of the interval a
         // flood ends in are the flood's (other work starving it shows in the next ones).
         assert_eq!(next_mode(Aside, look(0.9, false, 0, 0)), Calm);
@@ -530,7 +531,7 @@ mod tests {
     struct Fixed(Mutex<Vec<Duration>>);
 
     impl ForwardingLoad for Fixed {
-        fn busy(&self) -> Vec<Duration> {
+        fn runnable(&self) -> Vec<Duration> {
             self.0.lock().unwrap().clone()
         }
     }
