@@ -15,9 +15,10 @@ requests/s, MB/s (line bytes), p50/p99 latency, CPU seconds of the proxy per GB 
 and the proxy's peak RSS. Without `--rate` the load generator sends as fast as each target
 answers (throughput); with `--rate N` it offers N log lines/s to every target (latency at a
 given load, and whether logwarden inspects every push at that rate). Each cell runs every
-target `--rounds` times, interleaved in a rotating order, and reports the median round (req/s,
-latencies) and the CPU over all rounds: on a shared machine a burst of other work then lands on
-one round of one target, not on a whole column.
+target `--rounds` times, interleaved in a rotating order, and reports the median round's
+requests/s, latency percentiles over every push of all rounds (pooled, from loadgen's
+`--latencies-out`) and the CPU over all rounds: on a shared machine a burst of other work then
+lands on one round of one target, not on a whole column.
 Needs nginx (Debian package) and a release build
 (`cargo build --release`). Prints a Markdown table (and writes it to --out).
 """
@@ -128,14 +129,24 @@ def inspected_lines(port):
     return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("logwarden_push_lines_total{"))
 
 
-def loadgen(url, batch, conc, duration, rate):
+def loadgen(url, batch, conc, duration, rate, latencies_out):
+    """One loadgen run; its summary, with the latency of every acknowledged push (µs) as "lat"."""
     cmd = [BIN, "loadgen", "--url", url, "--duration", f"{duration}s", "--batch-bytes", str(batch),
            "--concurrency", str(conc), "--prebuilt", "16", "--json", "--max-retries", "0",
-           "--rate", str(rate)]
+           "--rate", str(rate), "--latencies-out", latencies_out]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"loadgen failed: {out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    with open(latencies_out) as f:
+        summary["lat"] = [float(line) for line in f]
+    return summary
+
+
+def percentile_ms(latencies_us, p):
+    """The p-quantile (nearest rank, as loadgen's) of latencies in µs, in ms."""
+    v = sorted(latencies_us)
+    return v[int((len(v) - 1) * p + 0.5)] / 1000 if v else 0.0
 
 
 def main():
@@ -209,7 +220,7 @@ def main():
                         cpu0 = cpu_seconds(pids)
                         seen0 = inspected_lines(lw[0]) if lw else 0
                         insp0 = inspection_cpu_seconds(lw[1].pid) if lw else 0
-                        s = loadgen(url, batch, conc, args.duration, args.rate)
+                        s = loadgen(url, batch, conc, args.duration, args.rate, os.path.join(work, "latencies.txt"))
                         if lw:
                             time.sleep(1)  # let queued inspections finish
                             counted[name][0] += inspected_lines(lw[0]) - seen0
@@ -226,11 +237,14 @@ def main():
                     lw = name in logwardens
                     ordered = sorted(runs[name], key=lambda s: s["requests_per_second"])
                     s = ordered[len(ordered) // 2]
+                    # Latency percentiles over every push of every round (pooled): a round's
+                    # p99 rests on its few slowest pushes and moves a lot from round to round.
+                    pooled = [x for run in runs[name] for x in run["lat"]]
                     rows.append({
                         "target": name, "push": "64 KiB" if batch < (1 << 20) else "1 MiB", "conc": conc,
                         "rps": s["requests_per_second"], "mbs": s["line_bytes_acked"] / s["elapsed_seconds"] / 1e6,
-                        "p50": sorted(x["latency_p50_ms"] for x in runs[name])[len(ordered) // 2],
-                        "p99": sorted(x["latency_p99_ms"] for x in runs[name])[len(ordered) // 2],
+                        "p50": percentile_ms(pooled, 0.50),
+                        "p99": percentile_ms(pooled, 0.99),
                         "cpu_per_gb": (cpu[name] / gb[name]) if pids and gb[name] > 0 else None,
                         # CPU µs per forwarded request, split: forwarding (everything but the
                         # inspection threads) and inspection.

@@ -78,6 +78,10 @@ pub struct LoadgenArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also write the latency of every acknowledged request (microseconds, one per line, in
+    /// ascending order) to this file, so runs can be pooled or plotted.
+    #[arg(long)]
+    pub latencies_out: Option<std::path::PathBuf>,
     /// Build this many batches up front and send them in turn (0: build each batch fresh).
     /// For throughput benchmarks, so the generator's own encoding cost is not measured.
     #[arg(long, default_value_t = 0)]
@@ -520,6 +524,14 @@ pub async fn run_with(args: LoadgenArgs, on_ack: Option<AckHook>) -> anyhow::Res
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort_unstable();
+    if let Some(path) = &args.latencies_out {
+        let mut text = String::with_capacity(latencies.len() * 8);
+        for l in &latencies {
+            let _ = writeln!(text, "{:.1}", l.as_secs_f64() * 1e6);
+        }
+        std::fs::write(path, text)
+            .map_err(|e| anyhow::anyhow!("writing latencies to {}: {e}", path.display()))?;
+    }
     let pct = |p: f64| -> f64 {
         if latencies.is_empty() {
             return 0.0;

@@ -78,6 +78,45 @@ async fn retries_like_promtail_and_counts_acknowledged_lines() {
     assert_eq!(lines as u64, s.lines_acked);
 }
 
+/// `--latencies-out` writes one latency per acknowledged batch (its final attempt), in
+/// ascending order, agreeing with the summary: benchmarks pool them over rounds.
+#[tokio::test]
+async fn latencies_out_lists_every_acknowledged_batch_in_order() {
+    let loki = FakeLoki::start().await;
+    loki.script([Reply::status(503), Reply::status(204)]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latencies.txt");
+    let url = format!("{}/loki/api/v1/push", loki.url());
+    let s = run(args(
+        &url,
+        &[
+            "--batches",
+            "5",
+            "--batch-bytes",
+            "2048",
+            "--latencies-out",
+            path.to_str().unwrap(),
+        ],
+    ))
+    .await
+    .unwrap();
+    assert_eq!((s.batches_acked, s.retries), (5, 1));
+    let us: Vec<f64> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(us.len(), 5, "one latency per acknowledged batch, not per attempt");
+    assert!(us.windows(2).all(|w| w[0] <= w[1]), "ascending: {us:?}");
+    assert!(us[0] > 0.0);
+    let max_ms = us[4] / 1000.0;
+    assert!(
+        (max_ms - s.latency_max_ms).abs() < 0.001,
+        "file's largest {max_ms} ms, summary's {} ms",
+        s.latency_max_ms
+    );
+}
+
 #[tokio::test]
 async fn other_4xx_drops_the_batch_without_retry() {
     let loki = FakeLoki::start().await;
