@@ -106,7 +106,11 @@ async fn latencies_out_lists_every_acknowledged_batch_in_order() {
         .lines()
         .map(|l| l.parse().unwrap())
         .collect();
-    assert_eq!(us.len(), 5, "one latency per acknowledged batch, not per attempt");
+    assert_eq!(
+        us.len(),
+        5,
+        "one latency per acknowledged batch, not per attempt"
+    );
     assert!(us.windows(2).all(|w| w[0] <= w[1]), "ascending: {us:?}");
     assert!(us[0] > 0.0);
     let max_ms = us[4] / 1000.0;
