@@ -188,8 +188,9 @@ pub struct InspectConfig {
     /// Default 0.
     pub workers: usize,
     /// Run the inspection threads under Linux's idle scheduling class (`SCHED_IDLE`): they
-    /// get a CPU only when no other thread wants it, so a push never waits for an inspection
-    /// to yield the core; under sustained CPU contention inspection sheds (counted) instead.
+    /// get a CPU only when no other thread wants it, so a push that wakes a serving thread
+    /// does not wait for an inspection to yield the core; under sustained CPU contention
+    /// inspection sheds (counted) instead.
     /// Off by default: on a host saturated by an attack (a flood that keeps every core busy)
     /// the idle class would leave inspection almost no CPU exactly when detection matters.
     /// false: normal scheduling, niced by `nice`. Default false.

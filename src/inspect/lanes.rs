@@ -12,7 +12,10 @@
 //!
 //! - [`Mode::Calm`], the idle lane, as long as it keeps up. A push that wakes a serving thread
 //!   on the core an inspection runs on then never waits for the inspection to give the core
-//!   up: the idle class is preempted at once. Measured at the engine's target rate (2 M
+//!   up: the idle class is preempted at once. (Not so a thread already waiting for that core
+//!   when the inspection starts: Linux's EEVDF scheduler can run the inspection ahead of it
+//!   until the next tick; `queue.rs` keeps inspections from starting at the moment that makes
+//!   this likely.) Measured at the engine's target rate (2 M
 //!   lines/s, every push inspected) on two cores, 64 KiB pushes at concurrency 1: p99 1.06x
 //!   nginx's with the idle lane, 1.35x with the niced one, 1.03x with no inspection at all.
 //! - [`Mode::Contended`], the niced lane, when the idle lane falls behind (pushes shed, or
