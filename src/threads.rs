@@ -231,7 +231,7 @@ mod tests {
     use std::time::Duration;
 
     #[tokio::test]
-    async fn a_connection_runs_wholly_on_the_least_runnable_serving_thread() {
+    async fn a_connection_runs_wholly_on_the_thread_serving_the_fewest_connections() {
         let threads = ServingThreads::start(2).unwrap();
         assert_eq!(threads.len(), 2);
         let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
