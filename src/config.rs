@@ -623,10 +623,12 @@ mod tests {
             assert_eq!(e.field, "inspect.aside_share", "{share}: {e}");
             assert!(e.message.contains("expected above 0, at most 1"), "{e}");
         }
-        assert!(
-            load("inspect:\n  aside_share: 1\n").is_ok(),
-            "1, no pauses, is allowed"
-        );
+        // 1, no pauses, is allowed and taken as given.
+        let share = load("inspect:\n  aside_share: 1\n")
+            .unwrap()
+            .inspect
+            .aside_share;
+        assert!((share - 1.0).abs() < 1e-9, "{share}");
 
         let e = load("server:\n  threads: 5000\n").unwrap_err();
         assert_eq!(
