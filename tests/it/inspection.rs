@@ -151,7 +151,10 @@ async fn full_inspection_queue_sheds_inspection_not_forwarding() {
     let loki = FakeLoki::start().await;
     let gate = Arc::new(Gate::default());
     let proxy = Proxy::start(
-        "inspect:\n  workers: 1\n  queue_capacity: 1\n",
+        // One inspection thread: with `forwarding_first` the governor would hand the stuck
+        // queue to the niced thread, which the gate then holds too (by design: a starved idle
+        // lane gives way), and the count below would depend on when it looked.
+        "inspect:\n  workers: 1\n  queue_capacity: 1\n  forwarding_first: false\n",
         &loki.url(),
         gate.clone(),
     )
@@ -180,7 +183,8 @@ async fn queued_body_bytes_are_bounded() {
     // Room for one fixture (7317 bytes) waiting; the worker is busy with the first.
     let gate = Arc::new(Gate::default());
     let proxy = Proxy::start(
-        "inspect:\n  workers: 1\n  queue_capacity: 100\n  queue_bytes: 8000\n",
+        // One inspection thread, as above.
+        "inspect:\n  workers: 1\n  queue_capacity: 100\n  queue_bytes: 8000\n  forwarding_first: false\n",
         &loki.url(),
         gate.clone(),
     )
