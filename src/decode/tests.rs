@@ -262,6 +262,28 @@ fn invalid_utf8_line_does_not_fail_the_batch() {
 }
 
 #[test]
+fn a_push_decoded_after_a_larger_one_on_the_same_thread_sees_only_its_own_bytes() {
+    // The thread's snappy buffer keeps the larger push's bytes past the smaller one's end.
+    let small = encode_snappy(&prost_push());
+    let expected = std::thread::spawn({
+        let small = small.clone();
+        move || decode_owned(&small, pb_meta()).unwrap()
+    })
+    .join()
+    .unwrap();
+    let mut big = prost_push();
+    big.streams[0].entries[0].line = bytes::Bytes::from(vec![b'x'; 100_000]);
+    let big = encode_snappy(&big);
+    let got = decode_owned(&big, pb_meta()).unwrap();
+    assert_eq!(got[0].1[0].1.len(), 100_000);
+    assert_eq!(decode_owned(&small, pb_meta()).unwrap(), expected);
+    // A corrupt block in between (cut short: it declares more than it holds) changes nothing.
+    let err = decode_owned(&big[..big.len() / 2], pb_meta()).unwrap_err();
+    assert_eq!(err.reason(), "snappy");
+    assert_eq!(decode_owned(&small, pb_meta()).unwrap(), expected);
+}
+
+#[test]
 fn declared_snappy_length_over_the_cap_is_refused_before_allocating() {
     // A 6-byte body declaring a 2 GiB output.
     let bomb = [0x80, 0x80, 0x80, 0x80, 0x08, 0x00];
