@@ -247,3 +247,41 @@ fn parse_label_pair(buf: &[u8]) -> Scan<(Cow<'_, str>, Cow<'_, [u8]>)> {
     }
     Ok((String::from_utf8_lossy(name), Cow::Borrowed(value)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every length a varint can have, at both ends of its range and in between, read as prost
+    /// writes it: from the middle of a message (with bytes after it) and at its very end.
+    #[test]
+    fn varints_of_every_length_read_back_as_written() {
+        let mut values = vec![0u64, u64::MAX, 1_795_658_400, 999_999_999];
+        for bits in (7..64).step_by(7) {
+            values.extend([
+                (1 << bits) - 1,
+                1 << bits,
+                (1 << bits) | 0x55,
+                (1 << bits) + 0x2a5a,
+            ]);
+        }
+        for value in values {
+            let mut encoded = Vec::new();
+            prost::encoding::encode_varint(value, &mut encoded);
+            for trailing in [0usize, 1, 9] {
+                let mut buf = encoded.clone();
+                buf.extend(std::iter::repeat_n(0xffu8, trailing));
+                let mut r = Reader::new(&buf);
+                assert_eq!(r.varint().ok(), Some(value), "{value:#x}, {trailing} after");
+                assert_eq!(r.pos, encoded.len(), "{value:#x}, {trailing} after");
+            }
+        }
+    }
+
+    #[test]
+    fn a_varint_cut_short_or_longer_than_ten_bytes_is_an_error() {
+        for buf in [&[0x80u8; 4][..], &[0xff; 9], &[0x80; 11], &[0xff; 16]] {
+            assert!(Reader::new(buf).varint().is_err(), "{buf:?}");
+        }
+    }
+}
