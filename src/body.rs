@@ -12,11 +12,14 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
+use smallvec::SmallVec;
 
-/// A whole request body, in the chunks it was read in. Cloning shares the chunks.
+/// A whole request body, in the chunks it was read in. Cloning shares the chunks. A push read
+/// by the server's own reader is one chunk: up to two are kept without an allocation, so
+/// neither building the body nor sharing it with the inspection allocates.
 #[derive(Clone, Debug, Default)]
 pub struct Chunks {
-    parts: Vec<Bytes>,
+    parts: SmallVec<[Bytes; 2]>,
     len: usize,
 }
 
@@ -68,7 +71,7 @@ impl Chunks {
     pub fn into_body(self) -> ChunksBody {
         ChunksBody {
             remaining: self.len as u64,
-            parts: self.parts.into(),
+            parts: self.parts.into_iter().collect(),
         }
     }
 }

@@ -51,7 +51,8 @@ where
 {
     use std::io::IoSlice;
     use tokio::io::AsyncWriteExt;
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(body.len() + 1);
+    let mut slices: smallvec::SmallVec<[IoSlice<'_>; 4]> =
+        smallvec::SmallVec::with_capacity(body.len() + 1);
     slices.push(IoSlice::new(head));
     slices.extend(
         body.iter()

@@ -207,8 +207,8 @@ where
                 if !upstream.client_will_retry() {
                     inspection = Some(Inspection {
                         tenant,
-                        content_type: header_string(&parts.headers, header::CONTENT_TYPE),
-                        content_encoding: header_string(&parts.headers, header::CONTENT_ENCODING),
+                        content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+                        content_encoding: parts.headers.get(header::CONTENT_ENCODING).cloned(),
                         api: PushApi::from_path(parts.uri.path()),
                         body,
                         span: tracing::Span::current(),
@@ -263,11 +263,4 @@ fn record_status(app: &App, status: StatusCode) {
         .push_requests
         .with_label_values(&[status.as_str()])
         .inc();
-}
-
-fn header_string(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
 }

@@ -43,10 +43,10 @@ impl PushInspector for CountOnly {
 pub struct Inspection {
     /// Tenant (`X-Scope-OrgID`, or the configured default).
     pub tenant: String,
-    /// `Content-Type` as sent.
-    pub content_type: Option<String>,
+    /// `Content-Type` as sent (shares the request head's bytes).
+    pub content_type: Option<http::HeaderValue>,
     /// `Content-Encoding` as sent.
-    pub content_encoding: Option<String>,
+    pub content_encoding: Option<http::HeaderValue>,
     /// Which push API the request came in on.
     pub api: PushApi,
     /// The body exactly as forwarded, in the chunks it was read in (joined by the worker).
@@ -387,8 +387,8 @@ pub fn inspect_one(
     inspector: &dyn PushInspector,
 ) {
     let meta = PushMeta {
-        content_type: job.content_type.as_deref(),
-        content_encoding: job.content_encoding.as_deref(),
+        content_type: job.content_type.as_ref().and_then(|v| v.to_str().ok()),
+        content_encoding: job.content_encoding.as_ref().and_then(|v| v.to_str().ok()),
         api: job.api,
     };
     let tenant_label = metrics.tenants.label(&job.tenant);
@@ -509,7 +509,7 @@ mod tests {
     fn push() -> Inspection {
         Inspection {
             tenant: "t".into(),
-            content_type: Some("application/json".into()),
+            content_type: Some(http::HeaderValue::from_static("application/json")),
             content_encoding: None,
             api: PushApi::V1,
             body: std::iter::once(bytes::Bytes::from_static(

@@ -347,7 +347,8 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
         named("content-length"),
     )?;
     let connection_named = super::connection_named(named("connection"));
-    let mut kept = Vec::with_capacity(lines.len());
+    // Inline for a usual answer (Loki's has a handful of lines).
+    let mut kept: smallvec::SmallVec<[_; 16]> = smallvec::SmallVec::with_capacity(lines.len());
     for h in lines {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| H1Error::Malformed(format!("header name {:?}", h.name)))?;
