@@ -514,6 +514,17 @@ pub struct UriScratch {
     twice: Vec<u8>,
 }
 
+impl UriScratch {
+    /// Frees a buffer that has grown past `capacity` bytes (kept for the next batch otherwise).
+    pub fn bound(&mut self, capacity: usize) {
+        for buf in [&mut self.once, &mut self.twice] {
+            if buf.capacity() > capacity {
+                *buf = Vec::new();
+            }
+        }
+    }
+}
+
 /// [`decode_uri`] into `out` (cleared first), through buffers that are reused.
 pub fn decode_uri_into(s: &str, scratch: &mut UriScratch, out: &mut String) {
     scratch.once.clear();

@@ -626,3 +626,37 @@ rules:
         ]
     );
 }
+
+/// Two words that must both be on a line (each found by the literal prefilter).
+const BOTH: &str = r#"
+rules:
+  - id: test-both
+    severity: high
+    match:
+      all: ["alpha", "omega"]
+      regex: ['at (?P<ip>\S+)']
+    key: ip
+    aggregate: { threshold: 1, window: 10s, cooldown: 1s }
+"#;
+
+#[test]
+fn a_batch_on_what_the_thread_s_last_batch_left_sees_none_of_its_lines() {
+    let h = harness(BOTH);
+    let d = &h.detector;
+    // Each batch below is built on what the one before left on this thread. Stamps from an
+    // earlier batch's lines must neither make a line match (one word per line, each in its own
+    // batch) nor hide a match (the last batch; with the line counter restarted per batch, a
+    // stale stamp marked the rule as already looked at, and it was skipped).
+    assert!(run(d, &[(0, "alpha at 203.0.113.7")]).is_empty());
+    assert!(run(d, &[(1, "omega at 203.0.113.7")]).is_empty());
+    // A batch dropped before its flush hands none of its firings on.
+    {
+        let mut b = d.batch("tenant-a");
+        b.line(T0 + 2 * SEC, b"alpha omega at 203.0.113.8", &mut |_| {});
+    }
+    assert!(run(d, &[]).is_empty());
+    // Both words on one line fire.
+    let fired = run(d, &[(3, "omega alpha at 203.0.113.9")]);
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].key, "203.0.113.9");
+}
