@@ -660,3 +660,22 @@ fn a_batch_on_what_the_thread_s_last_batch_left_sees_none_of_its_lines() {
     assert_eq!(fired.len(), 1);
     assert_eq!(fired[0].key, "203.0.113.9");
 }
+
+#[test]
+fn batches_for_two_rule_sets_on_one_thread_each_keep_to_their_own() {
+    // One rule, then two (the second with a regex of its own), then one again, on this thread:
+    // a batch is never built on what a batch for another rule set left.
+    let one = harness(RULES);
+    let two = harness(&format!("{RULES}{}", &BOTH[BOTH.find("  - id").unwrap()..]));
+    let three_fails = [(0, A), (1, A), (2, A)];
+    let fired = run(&one.detector, &three_fails);
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].rule, "test-fail");
+    let fired = run(&two.detector, &[(0, "omega alpha at 203.0.113.9")]);
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].rule, "test-both");
+    assert_eq!(fired[0].key, "203.0.113.9");
+    let fired = run(&one.detector, &[(20, B), (21, B), (22, B)]);
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].key, "198.51.100.1");
+}
