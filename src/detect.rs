@@ -684,60 +684,19 @@ impl Detector {
     /// `process` is built on it; `scan` uses it directly to stream files.
     pub fn batch(&self, tenant: &str) -> Batch<'_> {
         let compiled = self.current();
-        let recycled = RECYCLED
+        let parts = RECYCLED
             .try_with(|r| r.take())
             .ok()
             .flatten()
             // The rule set it was made for is still this one (a weak reference: the address
             // of a rule set that is gone cannot be taken by another one while it is held).
-            .filter(|r| std::ptr::eq(r.compiled.as_ptr(), Arc::as_ptr(&compiled)));
-        if let Some(r) = recycled {
-            return self.batch_from(tenant, compiled, r);
-        }
-        let n = compiled.rules.len();
-        Batch {
-            detector: self,
-            tenant: tenant.to_owned(),
-            stream_ok: vec![true; n],
-            labels: Arc::new(BTreeMap::new()),
-            generation: 0,
-            touched_gen: vec![0; n],
-            regex_cache: RegexCache {
-                generation: vec![0; compiled.regexes.len()],
-                hit: vec![false; compiled.regexes.len()],
-                fast: vec![None; compiled.regexes.len()],
-                locs: compiled
-                    .regexes
-                    .iter()
-                    .map(regex::Regex::capture_locations)
-                    .collect(),
-                lower: Vec::new(),
-                lower_generation: 0,
-                lower_printable: false,
-            },
-            any_gen: vec![0; n],
-            all_gen: vec![0; n],
-            all_bits: vec![0; n],
-            none_gen: vec![0; n],
-            touched: Vec::new(),
-            hits: Vec::new(),
-            uri_buf: String::new(),
-            uri_scratch: extract::UriScratch::default(),
-            key_buf: String::new(),
-            ip_memo: IpMemo::default(),
-            key_memo: KeyMemo::default(),
-            fired: Vec::new(),
-            matches: vec![0; n],
-            newest_ms: i64::MIN,
-            clock_cap_ms: (self.wall_clock_ms)().saturating_add(MAX_FUTURE_SKEW_MS),
-            deltas: self.shared.as_ref().map(SharedState::batch),
-            delta_keys: Vec::new(),
-            compiled,
-        }
+            .filter(|r| std::ptr::eq(r.compiled.as_ptr(), Arc::as_ptr(&compiled)))
+            .unwrap_or_else(|| Recycled::new(&compiled));
+        self.batch_from(tenant, compiled, parts)
     }
 
-    /// A batch on what the thread's last batch over the same rule set left (see [`Recycled`]):
-    /// the line stamps stay valid because the line counter goes on from where it was.
+    /// A batch on `r`: new parts, or what the thread's last batch over the same rule set left
+    /// (see [`Recycled`]; the line stamps stay valid because the line counter goes on).
     fn batch_from(&self, tenant: &str, compiled: Arc<Compiled>, r: Recycled) -> Batch<'_> {
         let Recycled {
             compiled: _,
@@ -760,7 +719,8 @@ impl Detector {
             mut matches,
             mut delta_keys,
         } = r;
-        // What a batch that was dropped unflushed left behind is not carried over.
+        // What a batch that was dropped unflushed left behind is not carried over (a no-op on
+        // new parts).
         stream_ok.fill(true);
         matches.fill(0);
         fired.clear();
@@ -926,6 +886,47 @@ struct Recycled {
     fired: Vec<(u32, Box<str>)>,
     matches: Vec<u64>,
     delta_keys: Vec<(u32, Box<str>)>,
+}
+
+impl Recycled {
+    /// New parts for a batch over `compiled`.
+    fn new(compiled: &Arc<Compiled>) -> Recycled {
+        let n = compiled.rules.len();
+        let regexes = compiled.regexes.len();
+        Recycled {
+            compiled: Arc::downgrade(compiled),
+            generation: 0,
+            stream_ok: vec![true; n],
+            touched_gen: vec![0; n],
+            regex_cache: RegexCache {
+                generation: vec![0; regexes],
+                hit: vec![false; regexes],
+                fast: vec![None; regexes],
+                locs: compiled
+                    .regexes
+                    .iter()
+                    .map(regex::Regex::capture_locations)
+                    .collect(),
+                lower: Vec::new(),
+                lower_generation: 0,
+                lower_printable: false,
+            },
+            any_gen: vec![0; n],
+            all_gen: vec![0; n],
+            all_bits: vec![0; n],
+            none_gen: vec![0; n],
+            touched: Vec::new(),
+            hits: Vec::new(),
+            uri_buf: String::new(),
+            uri_scratch: extract::UriScratch::default(),
+            key_buf: String::new(),
+            ip_memo: IpMemo::default(),
+            key_memo: KeyMemo::default(),
+            fired: Vec::new(),
+            matches: vec![0; n],
+            delta_keys: Vec::new(),
+        }
+    }
 }
 
 /// Largest line buffer a batch leaves for the next one (a longer line's is freed).
