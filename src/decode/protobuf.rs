@@ -36,22 +36,48 @@ const WIRE_I64: u8 = 1;
 const WIRE_LEN: u8 = 2;
 const WIRE_I32: u8 = 5;
 
+/// A cursor over one message: the bytes `pos..end` of `buf`. A nested message is read over the
+/// same buffer with a nearer `end` rather than over a sub-slice, so that its varints can still be
+/// read eight bytes at a time (a timestamp's last varint ends a few bytes before its message
+/// does, but rarely that close to the end of the whole push). Reads check only the buffer's
+/// bounds; a field that runs past its message's `end` is found once, when the message is
+/// finished ([`Reader::finish`]), and is an error, as one cut short by the buffer's end is.
+#[derive(Clone, Copy)]
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    end: usize,
 }
 
 impl<'a> Reader<'a> {
     fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
+        Reader {
+            buf,
+            pos: 0,
+            end: buf.len(),
+        }
     }
 
     fn done(&self) -> bool {
-        self.pos >= self.buf.len()
+        self.pos >= self.end
+    }
+
+    /// Ends a message: fails when its last field ran past its end.
+    fn finish(&self) -> Scan<()> {
+        if self.pos > self.end {
+            return err("field runs past its message");
+        }
+        Ok(())
+    }
+
+    /// The bytes left in the message (none when a field ran past it).
+    fn remaining(&self) -> usize {
+        self.end.saturating_sub(self.pos)
     }
 
     /// Reads a varint. Tags, small lengths and most timestamps' nanoseconds fit in one byte,
-    /// which is read inline; longer ones take [`Reader::varint_long`].
+    /// and lines' lengths in two, which are read inline; longer ones take
+    /// [`Reader::varint_long`].
     #[inline(always)]
     fn varint(&mut self) -> Scan<u64> {
         if let Some(&b) = self.buf.get(self.pos) {
@@ -59,21 +85,56 @@ impl<'a> Reader<'a> {
                 self.pos += 1;
                 return Ok(u64::from(b));
             }
+            if let Some(&c) = self.buf.get(self.pos + 1) {
+                if c < 0x80 {
+                    self.pos += 2;
+                    return Ok(u64::from(b & 0x7f) | u64::from(c) << 7);
+                }
+            }
         }
         self.varint_long()
     }
 
+    /// Reads a varint of up to eight bytes when eight bytes of the buffer are left, else
+    /// returns `None` and reads nothing: the eight bytes as one word, where the first byte
+    /// without its high bit ends the varint, and the seven-bit groups packed without a branch
+    /// per byte.
+    #[inline(always)]
+    fn varint_short(&mut self) -> Option<u64> {
+        let word = u64::from_le_bytes(*self.buf.get(self.pos..)?.first_chunk::<8>()?);
+        let ends = !word & 0x8080_8080_8080_8080;
+        if ends == 0 {
+            return None;
+        }
+        // The high bit of the last byte: everything up to it is the varint.
+        let last = ends.trailing_zeros();
+        let mut v = word & 0x7f7f_7f7f_7f7f_7f7f & (u64::MAX >> (63 - last));
+        v = (v & 0x007f_007f_007f_007f) | (v & 0x7f00_7f00_7f00_7f00) >> 1;
+        v = (v & 0x0000_3fff_0000_3fff) | (v & 0x3fff_0000_3fff_0000) >> 2;
+        v = (v & 0x0000_0000_0fff_ffff) | (v & 0x0fff_ffff_0000_0000) >> 4;
+        self.pos += last as usize / 8 + 1;
+        Some(v)
+    }
+
     #[inline(never)]
     fn varint_long(&mut self) -> Scan<u64> {
-        // With ten bytes left (all but the message's last few varints), a fixed-size window:
-        // no bounds check per byte, and the loop unrolls.
+        if let Some(v) = self.varint_short() {
+            return Ok(v);
+        }
+        // With ten bytes left, nine or ten bytes (no byte of the first eight ended it): the
+        // eight groups, then the rest.
         if let Some(window) = self.buf.get(self.pos..self.pos + 10) {
             let window: &[u8; 10] = window.try_into().expect("ten bytes");
-            let mut value = 0u64;
-            for (i, &b) in window.iter().enumerate() {
-                value |= u64::from(b & 0x7f) << (7 * i);
+            let word = u64::from_le_bytes(*window.first_chunk::<8>().expect("eight bytes"));
+            let mut value = (word & 0x7f7f_7f7f_7f7f_7f7f)
+                .to_le_bytes()
+                .iter()
+                .rev()
+                .fold(0u64, |acc, &g| acc << 7 | u64::from(g));
+            for (i, &b) in window[8..].iter().enumerate() {
+                value |= u64::from(b & 0x7f) << (56 + 7 * i);
                 if b < 0x80 {
-                    self.pos += i + 1;
+                    self.pos += 9 + i;
                     return Ok(value);
                 }
             }
@@ -105,16 +166,26 @@ impl<'a> Reader<'a> {
         Ok((field, (key & 7) as u8))
     }
 
-    #[inline]
-    fn bytes(&mut self) -> Scan<&'a [u8]> {
+    /// Reads a length and returns the message of that many bytes that follows it.
+    #[inline(always)]
+    fn bytes(&mut self) -> Scan<Reader<'a>> {
         let len = self.varint()?;
-        let remaining = (self.buf.len() - self.pos) as u64;
-        if len > remaining {
+        if len > self.remaining() as u64 {
             return err("length exceeds message");
         }
         let start = self.pos;
         self.pos += len as usize;
-        Ok(&self.buf[start..self.pos])
+        Ok(Reader {
+            buf: self.buf,
+            pos: start,
+            end: self.pos,
+        })
+    }
+
+    /// The bytes left in this message.
+    #[inline(always)]
+    fn rest(&self) -> &'a [u8] {
+        &self.buf[self.pos..self.end]
     }
 
     fn skip(&mut self, wire: u8) -> Scan<()> {
@@ -131,15 +202,16 @@ impl<'a> Reader<'a> {
             WIRE_I32 => 4,
             _ => return err("unsupported wire type"),
         };
-        if self.buf.len() - self.pos < n {
+        if self.remaining() < n {
             return err("truncated fixed-width field");
         }
         self.pos += n;
         Ok(())
     }
 
-    /// Reads a LEN field when the wire type says so, else fails.
-    fn len_field(&mut self, wire: u8) -> Scan<&'a [u8]> {
+    /// Reads a LEN field when the wire type says so, else fails: the field's message.
+    #[inline(always)]
+    fn len_field(&mut self, wire: u8) -> Scan<Reader<'a>> {
         if wire != WIRE_LEN {
             return err("unexpected wire type");
         }
@@ -156,22 +228,31 @@ pub(super) fn parse_push(buf: &[u8]) -> Result<PushView<'_>, DecodeError> {
 /// so the vectors that hold them are allocated once at their exact size: with Vec's default
 /// growth, a push of a million one-entry streams cost over 500 bytes per stream in spare
 /// capacity and reallocation. The count is bounded by the buffer's length.
-fn count_fields(buf: &[u8], wanted: u64) -> Scan<usize> {
-    let mut r = Reader::new(buf);
+fn count_fields(mut r: Reader<'_>, wanted: u64) -> Scan<usize> {
     let mut n = 0;
     while !r.done() {
         let (field, wire) = r.tag()?;
         if field == wanted {
             n += 1;
         }
-        r.skip(wire)?;
+        if wire == WIRE_LEN {
+            // What `skip` does, without building the field's reader.
+            let len = r.varint()?;
+            if len > r.remaining() as u64 {
+                return err("length exceeds message");
+            }
+            r.pos += len as usize;
+        } else {
+            r.skip(wire)?;
+        }
     }
+    r.finish()?;
     Ok(n)
 }
 
 fn scan_push(buf: &[u8]) -> Scan<PushView<'_>> {
     let mut r = Reader::new(buf);
-    let mut streams = Vec::with_capacity(count_fields(buf, 1)?);
+    let mut streams = Vec::with_capacity(count_fields(r, 1)?);
     while !r.done() {
         let (field, wire) = r.tag()?;
         match field {
@@ -182,18 +263,18 @@ fn scan_push(buf: &[u8]) -> Scan<PushView<'_>> {
     Ok(PushView { streams })
 }
 
-fn parse_stream(buf: &[u8]) -> Scan<StreamView<'_>> {
-    let mut r = Reader::new(buf);
+fn parse_stream(mut r: Reader<'_>) -> Scan<StreamView<'_>> {
     let mut labels_raw: &[u8] = b"";
-    let mut entries = Vec::with_capacity(count_fields(buf, 2)?);
+    let mut entries = Vec::with_capacity(count_fields(r, 2)?);
     while !r.done() {
         let (field, wire) = r.tag()?;
         match field {
-            1 => labels_raw = r.len_field(wire)?,
+            1 => labels_raw = r.len_field(wire)?.rest(),
             2 => entries.push(parse_entry(r.len_field(wire)?)?),
             _ => r.skip(wire)?,
         }
     }
+    r.finish()?;
     let Ok(labels_str) = std::str::from_utf8(labels_raw) else {
         return err("labels are not UTF-8");
     };
@@ -202,26 +283,80 @@ fn parse_stream(buf: &[u8]) -> Scan<StreamView<'_>> {
 }
 
 #[inline]
-fn parse_entry(buf: &[u8]) -> Scan<EntryView<'_>> {
-    let mut r = Reader::new(buf);
+fn parse_entry(r: Reader<'_>) -> Scan<EntryView<'_>> {
+    match canonical_entry(r) {
+        Some(entry) => Ok(entry),
+        None => parse_entry_fields(r),
+    }
+}
+
+/// An entry in the layout Loki's clients write (Promtail, Alloy, Loki's own Go code, prost): a
+/// timestamp of seconds and, unless zero, nanoseconds, then the line, and nothing after it.
+/// Reads it with one check per byte of framing; `None` for any other layout (structured
+/// metadata, fields in another order, unknown fields, anything malformed), which
+/// [`parse_entry_fields`] then reads field by field, or rejects.
+#[inline(always)]
+fn canonical_entry(mut r: Reader<'_>) -> Option<EntryView<'_>> {
+    // Field 1 (timestamp), LEN.
+    if r.done() || r.buf.get(r.pos) != Some(&0x0a) {
+        return None;
+    }
+    r.pos += 1;
+    let mut ts = r.bytes().ok()?;
+    // Field 1 (seconds), VARINT; then field 2 (nanos), VARINT, or the timestamp's end.
+    if ts.buf.get(ts.pos) != Some(&0x08) || ts.done() {
+        return None;
+    }
+    ts.pos += 1;
+    let seconds = ts.varint_short()? as i64;
+    let mut nanos = 0i64;
+    if !ts.done() {
+        if ts.buf.get(ts.pos) != Some(&0x10) {
+            return None;
+        }
+        ts.pos += 1;
+        nanos = i64::from(ts.varint_short()? as i32);
+    }
+    if ts.pos != ts.end {
+        return None;
+    }
+    // Field 2 (line), LEN, ending the entry.
+    if r.done() || r.buf.get(r.pos) != Some(&0x12) {
+        return None;
+    }
+    r.pos += 1;
+    let line = r.bytes().ok()?;
+    if r.pos != r.end {
+        return None;
+    }
+    Some(EntryView {
+        timestamp_ns: seconds.saturating_mul(1_000_000_000).saturating_add(nanos),
+        line: Cow::Borrowed(line.rest()),
+        structured_metadata: Vec::new(),
+    })
+}
+
+/// Reads an entry field by field, in any order, skipping unknown fields.
+#[inline(never)]
+fn parse_entry_fields(mut r: Reader<'_>) -> Scan<EntryView<'_>> {
     let mut entry = EntryView::default();
     while !r.done() {
         let (field, wire) = r.tag()?;
         match field {
             1 => entry.timestamp_ns = parse_timestamp(r.len_field(wire)?)?,
-            2 => entry.line = Cow::Borrowed(r.len_field(wire)?),
+            2 => entry.line = Cow::Borrowed(r.len_field(wire)?.rest()),
             3 => entry
                 .structured_metadata
                 .push(parse_label_pair(r.len_field(wire)?)?),
             _ => r.skip(wire)?,
         }
     }
+    r.finish()?;
     Ok(entry)
 }
 
 #[inline]
-fn parse_timestamp(buf: &[u8]) -> Scan<i64> {
-    let mut r = Reader::new(buf);
+fn parse_timestamp(mut r: Reader<'_>) -> Scan<i64> {
     let (mut seconds, mut nanos) = (0i64, 0i64);
     while !r.done() {
         let (field, wire) = r.tag()?;
@@ -231,20 +366,21 @@ fn parse_timestamp(buf: &[u8]) -> Scan<i64> {
             _ => r.skip(wire)?,
         }
     }
+    r.finish()?;
     Ok(seconds.saturating_mul(1_000_000_000).saturating_add(nanos))
 }
 
-fn parse_label_pair(buf: &[u8]) -> Scan<(Cow<'_, str>, Cow<'_, [u8]>)> {
-    let mut r = Reader::new(buf);
+fn parse_label_pair(mut r: Reader<'_>) -> Scan<(Cow<'_, str>, Cow<'_, [u8]>)> {
     let (mut name, mut value): (&[u8], &[u8]) = (b"", b"");
     while !r.done() {
         let (field, wire) = r.tag()?;
         match field {
-            1 => name = r.len_field(wire)?,
-            2 => value = r.len_field(wire)?,
+            1 => name = r.len_field(wire)?.rest(),
+            2 => value = r.len_field(wire)?.rest(),
             _ => r.skip(wire)?,
         }
     }
+    r.finish()?;
     Ok((String::from_utf8_lossy(name), Cow::Borrowed(value)))
 }
 
@@ -276,6 +412,142 @@ mod tests {
                 assert_eq!(r.pos, encoded.len(), "{value:#x}, {trailing} after");
             }
         }
+    }
+
+    /// A nested message's varints are read through a window over the whole push: one that its
+    /// message's length cuts short is an error even where the bytes after the message would
+    /// finish it, and a message's fields never read the bytes after it.
+    #[test]
+    fn a_varint_cut_short_by_its_message_is_an_error_whatever_follows() {
+        // stream { entry { timestamp (2 bytes: seconds' tag and a varint cut after one byte) } }
+        // followed, outside the stream, by an unknown field whose bytes would end that varint.
+        let push_of = |entry: &[u8]| {
+            let mut stream = vec![0x0a, 0x02, b'{', b'}', 0x12, entry.len() as u8];
+            stream.extend(entry);
+            let mut push = vec![0x0a, stream.len() as u8];
+            push.extend(&stream);
+            push
+        };
+        let whole = push_of(&[0x0a, 0x02, 0x08, 0x80]);
+        // Field 15 as a varint (its tag, 0x78, would end the cut varint), enough of them for
+        // the ten-byte window.
+        let mut push = whole.clone();
+        push.extend([0x78, 0x01].repeat(6));
+        for buf in [&whole[..], &push[..]] {
+            match scan_push(buf) {
+                Err(ScanError::Proto(m)) => assert!(
+                    ["truncated varint", "field runs past its message"].contains(&m),
+                    "{buf:?}: {m}"
+                ),
+                other => panic!("{buf:?}: {:?}", other.map(|v| v.streams.len())),
+            }
+        }
+        // The same timestamp whole (seconds = 1) decodes, and the bytes after the message are
+        // not taken into it: at the top level they are an unknown field 2, in a timestamp they
+        // would be its nanoseconds.
+        let mut push = push_of(&[0x0a, 0x02, 0x08, 0x01]);
+        push.extend([0x10, 0x05].repeat(6));
+        let view = scan_push(&push).map_err(|e| format!("{e:?}")).unwrap();
+        assert_eq!(view.streams.len(), 1);
+        assert_eq!(view.streams[0].entries.len(), 1);
+        assert_eq!(view.streams[0].entries[0].timestamp_ns, 1_000_000_000);
+    }
+
+    /// Every entry of a push captured from Promtail 2.8.0 is in the layout the direct path reads,
+    /// and reads the same both ways; entries in other layouts fall back to the field-by-field
+    /// reading, which gives what prost encoded.
+    #[test]
+    fn promtail_entries_take_the_direct_path_and_read_the_same_both_ways() {
+        let body = include_bytes!("../../tests/data/promtail-2.8.0-push.bin");
+        let raw = snap::raw::Decoder::new().decompress_vec(body).unwrap();
+        let mut push = Reader::new(&raw);
+        let mut seen = 0;
+        while !push.done() {
+            let (field, wire) = push.tag().unwrap();
+            assert_eq!(field, 1);
+            let mut stream = push.len_field(wire).unwrap();
+            while !stream.done() {
+                let (field, wire) = stream.tag().unwrap();
+                let field_reader = stream.len_field(wire).unwrap();
+                if field == 2 {
+                    let direct = canonical_entry(field_reader).expect("Promtail's layout");
+                    let fields = parse_entry_fields(field_reader).ok().unwrap();
+                    assert_eq!(direct, fields);
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen > 10, "{seen} entries");
+
+        // Other layouts: structured metadata after the line, the line before the timestamp,
+        // nanoseconds before seconds, no seconds, an unknown field.
+        let ts = |secs: i64, nanos: i32| prost_types_timestamp(secs, nanos);
+        let line = |s: &[u8]| {
+            let mut f = vec![0x12, s.len() as u8];
+            f.extend(s);
+            f
+        };
+        let cases: Vec<(Vec<u8>, i64, &[u8], usize)> = vec![
+            (
+                [
+                    ts(5, 7),
+                    line(b"x"),
+                    vec![0x1a, 0x06, 0x0a, 0x01, b'k', 0x12, 0x01, b'v'],
+                ]
+                .concat(),
+                5_000_000_007,
+                b"x",
+                1,
+            ),
+            ([line(b"yy"), ts(5, 7)].concat(), 5_000_000_007, b"yy", 0),
+            (
+                [vec![0x0a, 0x04, 0x10, 0x07, 0x08, 0x05], line(b"z")].concat(),
+                5_000_000_007,
+                b"z",
+                0,
+            ),
+            (
+                [vec![0x0a, 0x02, 0x10, 0x07], line(b"z")].concat(),
+                7,
+                b"z",
+                0,
+            ),
+            (
+                [ts(5, 0), line(b"w"), vec![0x78, 0x01]].concat(),
+                5_000_000_000,
+                b"w",
+                0,
+            ),
+        ];
+        for (entry, ns, text, metadata) in cases {
+            let r = Reader::new(&entry);
+            assert!(canonical_entry(r).is_none(), "{entry:?}");
+            let got = parse_entry(r).ok().unwrap();
+            assert_eq!(
+                (
+                    got.timestamp_ns,
+                    &got.line[..],
+                    got.structured_metadata.len()
+                ),
+                (ns, text, metadata)
+            );
+        }
+    }
+
+    /// A timestamp field (field 1 of an entry) as prost writes it: zero parts left out.
+    fn prost_types_timestamp(secs: i64, nanos: i32) -> Vec<u8> {
+        let mut body = Vec::new();
+        if secs != 0 {
+            body.push(0x08);
+            prost::encoding::encode_varint(secs as u64, &mut body);
+        }
+        if nanos != 0 {
+            body.push(0x10);
+            prost::encoding::encode_varint(nanos as u64, &mut body);
+        }
+        let mut field = vec![0x0a, body.len() as u8];
+        field.extend(body);
+        field
     }
 
     #[test]
