@@ -41,6 +41,12 @@ const COMMON_PAIRS: [&[u8; 2]; 256] = [
     b"0:", b"42", b":4", b"im", b"bl", b"26", b"ea", b"5 ", b"fr",
 ];
 
+/// Pairs of the month abbreviations, which almost every syslog and access-log line carries in
+/// its timestamp (`Nov 26 …`, `[26/Nov/2026:…]`), where [`COMMON_PAIRS`] lacks them: without
+/// them a literal could be anchored at a pair that every line of one month holds (`onmouseover`
+/// was anchored at `ov`, `sleep` at `ep`, `union` at `un`). Ranked after the common pairs.
+const MONTH_PAIRS: [&[u8; 2]; 8] = [b"ja", b"fe", b"ju", b"un", b"ug", b"ep", b"oc", b"ov"];
+
 /// One literal anchored at a pair: its index, the offset of the pair in it, its length and its
 /// first byte (checked before the literal is read near the end of a line), and its first eight
 /// bytes as a word, compared with eight bytes of the line at once.
@@ -195,7 +201,8 @@ impl LiteralSet {
                 anchors.push(anchor);
             }
         }
-        let filter = PairFilter::new(&anchors, byte_score, &COMMON_PAIRS);
+        let common: Vec<&[u8; 2]> = COMMON_PAIRS.iter().chain(&MONTH_PAIRS).copied().collect();
+        let filter = PairFilter::new(&anchors, byte_score, &common);
         // (lower-cased pair, range in `anchored`), sorted by pair.
         let mut groups: Vec<(u16, u32, u32)> = Vec::new();
         let mut anchored = Vec::with_capacity(by_pair.len());
@@ -425,7 +432,11 @@ fn pair_index(a: u8, b: u8) -> usize {
 
 /// How likely the (lower-cased) pair `a b` is in ordinary log lines: higher is more common.
 fn pair_score(a: u8, b: u8) -> u32 {
-    if let Some(rank) = COMMON_PAIRS.iter().position(|p| **p == [a, b]) {
+    if let Some(rank) = COMMON_PAIRS
+        .iter()
+        .chain(&MONTH_PAIRS)
+        .position(|p| **p == [a, b])
+    {
         return 1_000_000 - rank as u32 * 1_000;
     }
     byte_score(a) * byte_score(b)
@@ -461,6 +472,28 @@ fn byte_score(b: u8) -> u32 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// No literal of the built-in pack is anchored at a pair inside a month's abbreviation, in
+    /// any case: the timestamp that nearly every syslog and access-log line carries costs no
+    /// literal comparison, whatever the month.
+    #[test]
+    fn the_built_in_pack_anchors_no_literal_in_a_month() {
+        let detector = crate::detect::Detector::try_new(
+            &crate::detect::DetectConfig::default(),
+            &prometheus::Registry::new(),
+        )
+        .unwrap();
+        let set = &detector.current().prefilter;
+        let names = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec";
+        for name in names.split(' ') {
+            for case in [name.to_owned(), name.to_uppercase(), name.to_lowercase()] {
+                for w in case.as_bytes().windows(2) {
+                    let idx = pair_index(w[0], w[1]);
+                    assert_eq!((set.bits[idx >> 6] >> (idx & 63)) & 1, 0, "{case}: {w:?}");
+                }
+            }
+        }
+    }
 
     /// The reference: every literal that occurs, by naive search.
     fn naive(literals: &[&str], line: &[u8]) -> Vec<u32> {
