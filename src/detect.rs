@@ -684,74 +684,30 @@ impl Detector {
     /// `process` is built on it; `scan` uses it directly to stream files.
     pub fn batch(&self, tenant: &str) -> Batch<'_> {
         let compiled = self.current();
-        let parts = RECYCLED
+        let mut parts = RECYCLED
             .try_with(|r| r.take())
             .ok()
             .flatten()
             // The rule set it was made for is still this one (a weak reference: the address
             // of a rule set that is gone cannot be taken by another one while it is held).
             .filter(|r| std::ptr::eq(r.compiled.as_ptr(), Arc::as_ptr(&compiled)))
-            .unwrap_or_else(|| Recycled::new(&compiled));
-        self.batch_from(tenant, compiled, parts)
-    }
-
-    /// A batch on `r`: new parts, or what the thread's last batch over the same rule set left
-    /// (see [`Recycled`]; the line stamps stay valid because the line counter goes on).
-    fn batch_from(&self, tenant: &str, compiled: Arc<Compiled>, r: Recycled) -> Batch<'_> {
-        let Recycled {
-            compiled: _,
-            generation,
-            mut stream_ok,
-            touched_gen,
-            regex_cache,
-            any_gen,
-            all_gen,
-            all_bits,
-            none_gen,
-            mut touched,
-            mut hits,
-            uri_buf,
-            uri_scratch,
-            key_buf,
-            ip_memo,
-            key_memo,
-            mut fired,
-            mut matches,
-            mut delta_keys,
-        } = r;
+            .map_or_else(|| Parts::new(&compiled), |r| r.parts);
         // What a batch that was dropped unflushed left behind is not carried over (a no-op on
-        // new parts).
-        stream_ok.fill(true);
-        matches.fill(0);
-        fired.clear();
-        delta_keys.clear();
-        touched.clear();
-        hits.clear();
+        // new parts; the line stamps stay valid because the line counter goes on).
+        parts.stream_ok.fill(true);
+        parts.matches.fill(0);
+        parts.fired.clear();
+        parts.delta_keys.clear();
+        parts.touched.clear();
+        parts.hits.clear();
         Batch {
             detector: self,
             tenant: tenant.to_owned(),
-            stream_ok,
             labels: Arc::new(BTreeMap::new()),
-            generation,
-            touched_gen,
-            regex_cache,
-            any_gen,
-            all_gen,
-            all_bits,
-            none_gen,
-            touched,
-            hits,
-            uri_buf,
-            uri_scratch,
-            key_buf,
-            ip_memo,
-            key_memo,
-            fired,
-            matches,
+            parts,
             newest_ms: i64::MIN,
             clock_cap_ms: (self.wall_clock_ms)().saturating_add(MAX_FUTURE_SKEW_MS),
             deltas: self.shared.as_ref().map(SharedState::batch),
-            delta_keys,
             compiled,
         }
     }
@@ -827,9 +783,26 @@ pub struct Batch<'d> {
     detector: &'d Detector,
     compiled: Arc<Compiled>,
     tenant: String,
-    stream_ok: Vec<bool>,
     labels: Arc<BTreeMap<String, String>>,
+    /// The per-rule stamps and the buffers, which the next batch on this thread reuses.
+    parts: Parts,
+    /// Newest event time of the batch, capped at `clock_cap_ms`.
+    newest_ms: i64,
+    /// Wall clock at the start of the batch plus the allowed skew.
+    clock_cap_ms: i64,
+    /// With shared state: this batch's matches aggregated per (rule, key), sent at the flush.
+    deltas: Option<BatchDeltas>,
+}
+
+/// The part of a batch that outlives it: the per-rule line stamps, the regexes' capture slots
+/// and the line buffers, left on the thread for the next batch over the same rule set
+/// ([`Recycled`]). Building and dropping them took about 21,000 instructions per push with the
+/// built-in pack (a capture slot set per regex, a dozen vectors). The stamps of a finished
+/// batch never equal a later line's, because the line counter (`generation`) goes on.
+#[derive(Default)]
+struct Parts {
     generation: u32,
+    stream_ok: Vec<bool>,
     /// Per rule: `generation` when a literal of the rule hit on the current line.
     touched_gen: Vec<u32>,
     regex_cache: RegexCache,
@@ -850,52 +823,16 @@ pub struct Batch<'d> {
     key_memo: KeyMemo,
     fired: Vec<(u32, Box<str>)>,
     matches: Vec<u64>,
-    /// Newest event time of the batch, capped at `clock_cap_ms`.
-    newest_ms: i64,
-    /// Wall clock at the start of the batch plus the allowed skew.
-    clock_cap_ms: i64,
-    /// With shared state: this batch's matches aggregated per (rule, key), sent at the flush.
-    deltas: Option<BatchDeltas>,
-    /// (rule, map key) of each entry of `deltas`, in the same order.
+    /// (rule, map key) of each entry of the batch's `deltas`, in the same order.
     delta_keys: Vec<(u32, Box<str>)>,
 }
 
-/// What a batch leaves on its thread for the next batch over the same rule set: the per-rule
-/// line stamps, the regexes' capture slots and the line buffers. Building and dropping them
-/// took about 21,000 instructions per push with the built-in pack (a capture slot set per
-/// regex, a dozen vectors). The stamps of a finished batch never equal a later line's, because
-/// the line counter (`generation`) goes on; a new rule set starts afresh. The rule set is held
-/// weakly, so a replaced one's windows are freed at once, not at this thread's next push.
-struct Recycled {
-    compiled: std::sync::Weak<Compiled>,
-    generation: u32,
-    stream_ok: Vec<bool>,
-    touched_gen: Vec<u32>,
-    regex_cache: RegexCache,
-    any_gen: Vec<u32>,
-    all_gen: Vec<u32>,
-    all_bits: Vec<u64>,
-    none_gen: Vec<u32>,
-    touched: Vec<u32>,
-    hits: Vec<u32>,
-    uri_buf: String,
-    uri_scratch: extract::UriScratch,
-    key_buf: String,
-    ip_memo: IpMemo,
-    key_memo: KeyMemo,
-    fired: Vec<(u32, Box<str>)>,
-    matches: Vec<u64>,
-    delta_keys: Vec<(u32, Box<str>)>,
-}
-
-impl Recycled {
+impl Parts {
     /// New parts for a batch over `compiled`.
-    fn new(compiled: &Arc<Compiled>) -> Recycled {
+    fn new(compiled: &Compiled) -> Parts {
         let n = compiled.rules.len();
         let regexes = compiled.regexes.len();
-        Recycled {
-            compiled: Arc::downgrade(compiled),
-            generation: 0,
+        Parts {
             stream_ok: vec![true; n],
             touched_gen: vec![0; n],
             regex_cache: RegexCache {
@@ -915,18 +852,18 @@ impl Recycled {
             all_gen: vec![0; n],
             all_bits: vec![0; n],
             none_gen: vec![0; n],
-            touched: Vec::new(),
-            hits: Vec::new(),
-            uri_buf: String::new(),
-            uri_scratch: extract::UriScratch::default(),
-            key_buf: String::new(),
-            ip_memo: IpMemo::default(),
-            key_memo: KeyMemo::default(),
-            fired: Vec::new(),
             matches: vec![0; n],
-            delta_keys: Vec::new(),
+            ..Parts::default()
         }
     }
+}
+
+/// A finished batch's [`Parts`] and the rule set they were made for, held weakly, so a replaced
+/// rule set's windows are freed at once, not at this thread's next push; a new rule set starts
+/// afresh.
+struct Recycled {
+    compiled: std::sync::Weak<Compiled>,
+    parts: Parts,
 }
 
 /// Largest line buffer a batch leaves for the next one (a longer line's is freed).
@@ -938,40 +875,19 @@ thread_local! {
 
 impl Drop for Batch<'_> {
     fn drop(&mut self) {
-        use std::mem::take;
-        fn bounded(buf: &mut String) -> String {
+        let mut parts = std::mem::take(&mut self.parts);
+        for buf in [&mut parts.uri_buf, &mut parts.key_buf] {
             if buf.capacity() > KEPT_LINE_BUFFER {
-                String::new()
-            } else {
-                take(buf)
+                *buf = String::new();
             }
         }
-        let mut regex_cache = take(&mut self.regex_cache);
-        if regex_cache.lower.capacity() > KEPT_LINE_BUFFER {
-            regex_cache.lower = Vec::new();
+        if parts.regex_cache.lower.capacity() > KEPT_LINE_BUFFER {
+            parts.regex_cache.lower = Vec::new();
         }
-        let mut uri_scratch = take(&mut self.uri_scratch);
-        uri_scratch.bound(KEPT_LINE_BUFFER);
+        parts.uri_scratch.bound(KEPT_LINE_BUFFER);
         let recycled = Recycled {
             compiled: Arc::downgrade(&self.compiled),
-            generation: self.generation,
-            stream_ok: take(&mut self.stream_ok),
-            touched_gen: take(&mut self.touched_gen),
-            regex_cache,
-            any_gen: take(&mut self.any_gen),
-            all_gen: take(&mut self.all_gen),
-            all_bits: take(&mut self.all_bits),
-            none_gen: take(&mut self.none_gen),
-            touched: take(&mut self.touched),
-            hits: take(&mut self.hits),
-            uri_buf: bounded(&mut self.uri_buf),
-            uri_scratch,
-            key_buf: bounded(&mut self.key_buf),
-            ip_memo: take(&mut self.ip_memo),
-            key_memo: self.key_memo,
-            fired: take(&mut self.fired),
-            matches: take(&mut self.matches),
-            delta_keys: take(&mut self.delta_keys),
+            parts,
         };
         // None while the thread is being torn down: the parts are then just dropped.
         let _ = RECYCLED.try_with(|r| r.set(Some(recycled)));
@@ -1091,7 +1007,7 @@ impl Batch<'_> {
 
     /// Sets the labels (as a map) of the stream the following lines belong to.
     pub fn set_stream_map(&mut self, labels: BTreeMap<String, String>) {
-        for (ok, rule) in self.stream_ok.iter_mut().zip(&self.compiled.rules) {
+        for (ok, rule) in self.parts.stream_ok.iter_mut().zip(&self.compiled.rules) {
             *ok = rule
                 .selector
                 .as_ref()
@@ -1103,24 +1019,24 @@ impl Batch<'_> {
     /// Runs every rule over one line with event time `ts_ns`; calls `on_match` for each
     /// (line, rule) match, in rule order.
     pub fn line(&mut self, ts_ns: i64, line: &[u8], on_match: &mut dyn FnMut(LineMatch<'_>)) {
-        let mut hits = std::mem::take(&mut self.hits);
+        let mut hits = std::mem::take(&mut self.parts.hits);
         hits.clear();
         let compiled = Arc::clone(&self.compiled);
         compiled.prefilter.find_all(line, &mut hits);
         self.line_with_hits(&compiled, ts_ns, line, &hits, on_match);
-        self.hits = hits;
+        self.parts.hits = hits;
     }
 
     /// Runs every rule over a stream's entries, as [`Batch::line`] does for each.
     pub fn entries(&mut self, entries: &[EntryView<'_>], on_match: &mut dyn FnMut(LineMatch<'_>)) {
-        let mut hits = std::mem::take(&mut self.hits);
+        let mut hits = std::mem::take(&mut self.parts.hits);
         let compiled = Arc::clone(&self.compiled);
         for entry in entries {
             hits.clear();
             compiled.prefilter.find_all(&entry.line, &mut hits);
             self.line_with_hits(&compiled, entry.timestamp_ns, &entry.line, &hits, on_match);
         }
-        self.hits = hits;
+        self.parts.hits = hits;
     }
 
     /// Runs the rules over one line whose literal hits (prefilter pattern indexes) are known.
@@ -1133,21 +1049,21 @@ impl Batch<'_> {
         hits: &[u32],
         on_match: &mut dyn FnMut(LineMatch<'_>),
     ) {
-        self.generation = self.generation.wrapping_add(1);
-        if self.generation == 0 {
+        self.parts.generation = self.parts.generation.wrapping_add(1);
+        if self.parts.generation == 0 {
             // Wrapped: clear the stamps so no stale one looks current.
-            self.any_gen.fill(0);
-            self.all_gen.fill(0);
-            self.none_gen.fill(0);
-            self.touched_gen.fill(0);
-            self.regex_cache.generation.fill(0);
-            self.regex_cache.lower_generation = 0;
-            self.ip_memo = IpMemo::default();
-            self.key_memo = KeyMemo::default();
-            self.generation = 1;
+            self.parts.any_gen.fill(0);
+            self.parts.all_gen.fill(0);
+            self.parts.none_gen.fill(0);
+            self.parts.touched_gen.fill(0);
+            self.parts.regex_cache.generation.fill(0);
+            self.parts.regex_cache.lower_generation = 0;
+            self.parts.ip_memo = IpMemo::default();
+            self.parts.key_memo = KeyMemo::default();
+            self.parts.generation = 1;
         }
-        let generation = self.generation;
-        self.touched.clear();
+        let generation = self.parts.generation;
+        self.parts.touched.clear();
         let mut access_shape = false;
         for &pattern in hits {
             if pattern == compiled.access_shape {
@@ -1158,19 +1074,19 @@ impl Batch<'_> {
                 for &(r, role) in &compiled.owners[pattern as usize] {
                     let ri = r as usize;
                     match role {
-                        Role::Any => self.any_gen[ri] = generation,
+                        Role::Any => self.parts.any_gen[ri] = generation,
                         Role::All(bit) => {
-                            if self.all_gen[ri] != generation {
-                                self.all_gen[ri] = generation;
-                                self.all_bits[ri] = 0;
+                            if self.parts.all_gen[ri] != generation {
+                                self.parts.all_gen[ri] = generation;
+                                self.parts.all_bits[ri] = 0;
                             }
-                            self.all_bits[ri] |= 1 << bit;
+                            self.parts.all_bits[ri] |= 1 << bit;
                         }
-                        Role::None => self.none_gen[ri] = generation,
+                        Role::None => self.parts.none_gen[ri] = generation,
                     }
-                    if !matches!(role, Role::None) && self.touched_gen[ri] != generation {
-                        self.touched_gen[ri] = generation;
-                        self.touched.push(r);
+                    if !matches!(role, Role::None) && self.parts.touched_gen[ri] != generation {
+                        self.parts.touched_gen[ri] = generation;
+                        self.parts.touched.push(r);
                     }
                 }
             }
@@ -1178,20 +1094,20 @@ impl Batch<'_> {
         // Rules without literals are access-log rules: skip them on lines without the shape
         // `… [time] "request" …` before paying for UTF-8 validation and parsing.
         let always = !compiled.always.is_empty() && access_shape;
-        if self.touched.is_empty() && !always {
+        if self.parts.touched.is_empty() && !always {
             return;
         }
         if always {
             for &r in &compiled.always {
-                if self.touched_gen[r as usize] != generation {
-                    self.touched_gen[r as usize] = generation;
-                    self.touched.push(r);
+                if self.parts.touched_gen[r as usize] != generation {
+                    self.parts.touched_gen[r as usize] = generation;
+                    self.parts.touched.push(r);
                 }
             }
         }
-        if self.touched.len() > 1 {
+        if self.parts.touched.len() > 1 {
             // Rule order (for `on_match`); the list is short and usually nearly sorted.
-            self.touched.sort_unstable();
+            self.parts.touched.sort_unstable();
         }
         // Valid UTF-8 (nearly every line) is checked much faster than it is repaired.
         let text: Cow<'_, str> = match simdutf8::basic::from_utf8(line) {
@@ -1203,28 +1119,28 @@ impl Batch<'_> {
             access: None,
             access_tail: "",
             syslog: None,
-            uri_decoded: std::mem::take(&mut self.uri_buf),
+            uri_decoded: std::mem::take(&mut self.parts.uri_buf),
             uri_ready: false,
         };
         let t_ms = ts_ns.div_euclid(1_000_000);
-        let touched = std::mem::take(&mut self.touched);
-        let mut cache = std::mem::take(&mut self.regex_cache);
+        let touched = std::mem::take(&mut self.parts.touched);
+        let mut cache = std::mem::take(&mut self.parts.regex_cache);
         for &r in &touched {
             let ri = r as usize;
             let rule = &compiled.rules[ri];
-            let gated = (rule.any.is_empty() || self.any_gen[ri] == generation)
+            let gated = (rule.any.is_empty() || self.parts.any_gen[ri] == generation)
                 && (compiled.all_masks[ri] == 0
-                    || (self.all_gen[ri] == generation
-                        && self.all_bits[ri] == compiled.all_masks[ri]))
-                && self.none_gen[ri] != generation
-                && self.stream_ok[ri];
+                    || (self.parts.all_gen[ri] == generation
+                        && self.parts.all_bits[ri] == compiled.all_masks[ri]))
+                && self.parts.none_gen[ri] != generation
+                && self.parts.stream_ok[ri];
             if gated {
                 self.eval_rule(compiled, ri, &mut view, &mut cache, t_ms, ts_ns, on_match);
             }
         }
-        self.regex_cache = cache;
-        self.uri_buf = view.uri_decoded;
-        self.touched = touched;
+        self.parts.regex_cache = cache;
+        self.parts.uri_buf = view.uri_decoded;
+        self.parts.touched = touched;
         self.newest_ms = self.newest_ms.max(t_ms.min(self.clock_cap_ms));
     }
 
@@ -1252,7 +1168,7 @@ impl Batch<'_> {
         let caps = if rule.regexes.is_empty() {
             None
         } else {
-            match cache.first(compiled, ri, text, self.generation) {
+            match cache.first(compiled, ri, text, self.parts.generation) {
                 Some(id) => {
                     caps_id = id as u32;
                     Some(Caps {
@@ -1273,7 +1189,7 @@ impl Batch<'_> {
             let uri = view.get("uri", FieldKind::Uri, caps.as_ref(), &self.labels);
             extract::decode_uri_into(
                 uri.as_deref().unwrap_or(""),
-                &mut self.uri_scratch,
+                &mut self.parts.uri_scratch,
                 &mut decoded,
             );
             view.uri_decoded = decoded;
@@ -1294,7 +1210,7 @@ impl Batch<'_> {
         // parsers, share the key built for the first of them.
         let prefix = self.tenant.len() + TENANT_SEP.len_utf8();
         let memo = KeyMemo {
-            generation: self.generation,
+            generation: self.parts.generation,
             class: compiled.key_class[ri],
             caps: caps_id,
             parsed: (view.access.is_some(), view.syslog.is_some()),
@@ -1302,35 +1218,36 @@ impl Batch<'_> {
             allowlisted: false,
         };
         let (key_ok, mut allowlisted) = if memo.class != NO_KEY_CLASS
-            && self.key_memo.same_key(&memo)
+            && self.parts.key_memo.same_key(&memo)
         {
-            (self.key_memo.key_ok, self.key_memo.allowlisted)
+            (self.parts.key_memo.key_ok, self.parts.key_memo.allowlisted)
         } else {
-            self.key_buf.clear();
-            self.key_buf.push_str(&self.tenant);
-            self.key_buf.push(TENANT_SEP);
+            self.parts.key_buf.clear();
+            self.parts.key_buf.push_str(&self.tenant);
+            self.parts.key_buf.push(TENANT_SEP);
             let mut key_ok = true;
             let mut allowlisted = false;
             for (i, f) in rule.key.iter().enumerate() {
                 if i > 0 {
-                    self.key_buf.push(',');
+                    self.parts.key_buf.push(',');
                 }
                 match view.get(&f.name, f.kind, caps.as_ref(), &self.labels) {
                     Some(v) if f.is_ip => {
-                        if let Some(ip) =
-                            self.ip_memo
-                                .parse(&v, matches!(v, Cow::Borrowed(_)), self.generation)
-                        {
+                        if let Some(ip) = self.parts.ip_memo.parse(
+                            &v,
+                            matches!(v, Cow::Borrowed(_)),
+                            self.parts.generation,
+                        ) {
                             allowlisted |= compiled.allowlist.contains(ip);
                             // Digits and dots that parse as IPv4 are already its canonical form
                             // (the parsers reject leading zeros): no need to print it again.
                             if ip.is_ipv4() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-                                self.key_buf.push_str(&v);
+                                self.parts.key_buf.push_str(&v);
                             } else {
-                                push_ip(&mut self.key_buf, ip);
+                                push_ip(&mut self.parts.key_buf, ip);
                             }
                         } else if let Some(host) = extract::normalize_source(&v) {
-                            self.key_buf.push_str(&host);
+                            self.parts.key_buf.push_str(&host);
                         } else {
                             key_ok = false;
                         }
@@ -1341,18 +1258,19 @@ impl Batch<'_> {
                             && v.len() <= 128
                             && v.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
                     {
-                        self.key_buf.push_str(&v)
+                        self.parts.key_buf.push_str(&v)
                     }
                     Some(v) if !v.is_empty() => self
+                        .parts
                         .key_buf
                         .extend(v.chars().filter(|c| !c.is_control()).take(128)),
                     // An attack needs a source to be counted; other missing parts group as "-".
                     _ if f.is_ip => key_ok = false,
-                    _ => self.key_buf.push('-'),
+                    _ => self.parts.key_buf.push('-'),
                 }
             }
             // Also after a rule whose key is never shared: the buffer holds this key now.
-            self.key_memo = KeyMemo {
+            self.parts.key_memo = KeyMemo {
                 key_ok,
                 allowlisted,
                 ..memo
@@ -1369,11 +1287,11 @@ impl Batch<'_> {
                 }),
             None => None,
         };
-        self.matches[ri] += 1;
+        self.parts.matches[ri] += 1;
         if rule.line_signal {
             on_match(LineMatch {
                 rule: &rule.id,
-                key: key_ok.then_some(&self.key_buf[prefix..]),
+                key: key_ok.then_some(&self.parts.key_buf[prefix..]),
                 allowlisted,
             });
         }
@@ -1395,11 +1313,11 @@ impl Batch<'_> {
         // Looked up before taking this rule's entry: never two map locks held at once.
         let suppressed = compiled.suppressors[ri].iter().any(|&s| {
             compiled.states[s as usize]
-                .get(self.key_buf.as_str())
+                .get(self.parts.key_buf.as_str())
                 .is_some_and(|state| state.open.is_some())
         });
         let map = &compiled.states[ri];
-        let existing = map.get_mut(self.key_buf.as_str());
+        let existing = map.get_mut(self.parts.key_buf.as_str());
         let mut state = if let Some(state) = existing {
             state
         } else {
@@ -1411,10 +1329,12 @@ impl Batch<'_> {
                 self.detector.maintain(compiled, true);
             }
             let mut created = false;
-            let state = map.entry(self.key_buf.as_str().into()).or_insert_with(|| {
-                created = true;
-                KeyState::new(rule)
-            });
+            let state = map
+                .entry(self.parts.key_buf.as_str().into())
+                .or_insert_with(|| {
+                    created = true;
+                    KeyState::new(rule)
+                });
             if created {
                 self.detector.total_keys.fetch_add(1, Ordering::Relaxed);
             }
@@ -1431,7 +1351,9 @@ impl Batch<'_> {
         let quiet = state.in_cooldown(t_ms);
         drop(state);
         if outcome == Outcome::EmitDue {
-            self.fired.push((ri as u32, self.key_buf.as_str().into()));
+            self.parts
+                .fired
+                .push((ri as u32, self.parts.key_buf.as_str().into()));
         }
         if outcome != Outcome::Late {
             if let Some(deltas) = &mut self.deltas {
@@ -1449,7 +1371,7 @@ impl Batch<'_> {
                 let at = WindowRef {
                     tenant: &self.tenant,
                     rule: &rule.id,
-                    key: &self.key_buf[prefix..],
+                    key: &self.parts.key_buf[prefix..],
                 };
                 let entry = deltas.entry(at, &params);
                 match value.as_deref() {
@@ -1467,8 +1389,9 @@ impl Batch<'_> {
                     SampleMode::WhenFiring
                 });
                 if deltas.len() > before {
-                    self.delta_keys
-                        .push((ri as u32, self.key_buf.as_str().into()));
+                    self.parts
+                        .delta_keys
+                        .push((ri as u32, self.parts.key_buf.as_str().into()));
                 }
             }
         }
@@ -1478,7 +1401,7 @@ impl Batch<'_> {
     /// updates the metrics and expires idle keys when due.
     pub fn flush(&mut self, sink: &dyn IncidentSink) {
         let compiled = Arc::clone(&self.compiled);
-        for (ri, n) in self.matches.iter_mut().enumerate() {
+        for (ri, n) in self.parts.matches.iter_mut().enumerate() {
             if *n > 0 {
                 compiled.rule_matches[ri].inc_by(*n);
                 *n = 0;
@@ -1491,7 +1414,7 @@ impl Batch<'_> {
         }
         let totals = self.share(&compiled);
         let mut incidents = Vec::new();
-        for (ri, map_key) in self.fired.drain(..) {
+        for (ri, map_key) in self.parts.fired.drain(..) {
             let rule = &compiled.rules[ri as usize];
             let Some(mut state) = compiled.states[ri as usize].get_mut(&map_key) else {
                 continue;
@@ -1548,7 +1471,7 @@ impl Batch<'_> {
     fn share(&mut self, compiled: &Compiled) -> Option<BatchTotals> {
         let shared = self.detector.shared.as_ref()?;
         let deltas = self.deltas.as_mut()?;
-        let keys = std::mem::take(&mut self.delta_keys);
+        let keys = std::mem::take(&mut self.parts.delta_keys);
         if deltas.is_empty() {
             return None;
         }
@@ -1572,7 +1495,7 @@ impl Batch<'_> {
             };
             if state.apply_shared(rule, t.newest_ms, t.total, suppressed) == Outcome::EmitDue {
                 drop(state);
-                self.fired.push((ri as u32, map_key));
+                self.parts.fired.push((ri as u32, map_key));
             }
         }
         Some(totals)
