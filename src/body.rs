@@ -15,8 +15,9 @@ use http_body::{Body, Frame, SizeHint};
 use smallvec::SmallVec;
 
 /// A whole request body, in the chunks it was read in. Cloning shares the chunks. A push read
-/// by the server's own reader is one chunk: up to two are kept without an allocation, so
-/// neither building the body nor sharing it with the inspection allocates.
+/// by the server's own reader is one chunk, or two when the body did not all come with its
+/// head's read: up to two are kept without an allocation, so neither building the body nor
+/// sharing it with the inspection allocates.
 #[derive(Clone, Debug, Default)]
 pub struct Chunks {
     parts: SmallVec<[Bytes; 2]>,
