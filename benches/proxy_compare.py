@@ -38,6 +38,13 @@ BIN = os.path.join(ROOT, "target", "release", "logwarden")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def logwarden_env():
+    """This environment without RUST_LOG: logwarden logs at its default level (info), as it is
+    run in production (until the seventeenth session the benchmarks ran it at warn or error,
+    which left out the per-push spans the default level then built)."""
+    return {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -149,6 +156,11 @@ def percentile_ms(latencies_us, p):
     return v[int((len(v) - 1) * p + 0.5)] / 1000 if v else 0.0
 
 
+def push_name(batch):
+    """64 KiB, 1 MiB: a push size as the tables name it."""
+    return f"{batch >> 20} MiB" if batch >= 1 << 20 and batch % (1 << 20) == 0 else f"{batch >> 10} KiB"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10, help="seconds per round")
@@ -161,7 +173,10 @@ def main():
                          "the baseline is this build with another configuration")
     ap.add_argument("--rate", type=int, default=0,
                     help="offered log lines per second in every cell (0: as fast as each target answers)")
+    ap.add_argument("--cells", default="65536:1,65536:8,1048576:1,1048576:8",
+                    help="push bytes:concurrency pairs to run, comma-separated")
     args = ap.parse_args()
+    cells = [tuple(int(x) for x in c.split(":")) for c in args.cells.split(",")]
     if not shutil.which("nginx"):
         sys.exit("nginx is required (apt-get install nginx)")
     if not os.path.exists(BIN):
@@ -196,7 +211,7 @@ def main():
             cmd = [binary, "serve", "--listen", f"127.0.0.1:{port}", "--upstream", f"http://127.0.0.1:{sink_port}"]
             if config:
                 cmd += ["--config", config]
-            p = subprocess.Popen(cmd, env={**os.environ, "RUST_LOG": "warn"})
+            p = subprocess.Popen(cmd, env=logwarden_env())
             procs.append(p)
             logwardens[name] = (port, p)
         for p in [sink_port, nginx_port] + [port for port, _ in logwardens.values()]:
@@ -206,53 +221,52 @@ def main():
             ("nginx", f"http://127.0.0.1:{nginx_port}/loki/api/v1/push", [proxy.pid] + children(proxy.pid)),
         ] + [(name, f"http://127.0.0.1:{port}/loki/api/v1/push", [p.pid]) for name, (port, p) in logwardens.items()]
         rows = []
-        for batch in (64 << 10, 1 << 20):
-            for conc in (1, 8):
-                runs = {name: [] for name, _, _ in targets}
-                cpu = {name: 0.0 for name, _, _ in targets}
-                cpu_inspect = {name: 0.0 for name, _, _ in targets}
-                requests = {name: 0 for name, _, _ in targets}
-                gb = {name: 0.0 for name, _, _ in targets}
-                counted = {name: [0, 0] for name, _, _ in targets}  # lines inspected, acked
-                for r in range(args.rounds):
-                    for name, url, pids in targets[r % len(targets):] + targets[:r % len(targets)]:
-                        lw = logwardens.get(name)
-                        cpu0 = cpu_seconds(pids)
-                        seen0 = inspected_lines(lw[0]) if lw else 0
-                        insp0 = inspection_cpu_seconds(lw[1].pid) if lw else 0
-                        s = loadgen(url, batch, conc, args.duration, args.rate, os.path.join(work, "latencies.txt"))
-                        if lw:
-                            time.sleep(1)  # let queued inspections finish
-                            counted[name][0] += inspected_lines(lw[0]) - seen0
-                            cpu_inspect[name] += inspection_cpu_seconds(lw[1].pid) - insp0
-                        cpu[name] += cpu_seconds(pids) - cpu0
-                        gb[name] += s["line_bytes_acked"] / 1e9
-                        counted[name][1] += s["lines_acked"]
-                        requests[name] += s["batches_acked"]
-                        runs[name].append(s)
-                        print(json.dumps({"target": name, "batch": batch, "conc": conc, "round": r,
-                                          "rps": s["requests_per_second"], "p99": s["latency_p99_ms"]}),
-                              file=sys.stderr)
-                for name, _, pids in targets:
-                    lw = name in logwardens
-                    ordered = sorted(runs[name], key=lambda s: s["requests_per_second"])
-                    s = ordered[len(ordered) // 2]
-                    # Latency percentiles over every push of every round (pooled): a round's
-                    # p99 rests on its few slowest pushes and moves a lot from round to round.
-                    pooled = [x for run in runs[name] for x in run["lat"]]
-                    rows.append({
-                        "target": name, "push": "64 KiB" if batch < (1 << 20) else "1 MiB", "conc": conc,
-                        "rps": s["requests_per_second"], "mbs": s["line_bytes_acked"] / s["elapsed_seconds"] / 1e6,
-                        "p50": percentile_ms(pooled, 0.50),
-                        "p99": percentile_ms(pooled, 0.99),
-                        "cpu_per_gb": (cpu[name] / gb[name]) if pids and gb[name] > 0 else None,
-                        # CPU µs per forwarded request, split: forwarding (everything but the
-                        # inspection threads) and inspection.
-                        "us_fwd": 1e6 * (cpu[name] - cpu_inspect[name]) / max(requests[name], 1) if pids else None,
-                        "us_insp": 1e6 * cpu_inspect[name] / max(requests[name], 1) if lw else None,
-                        "rss": peak_rss_mib(pids) if pids else None,
-                        "inspected": counted[name][0] / max(counted[name][1], 1) if lw else None,
-                    })
+        for batch, conc in cells:
+            runs = {name: [] for name, _, _ in targets}
+            cpu = {name: 0.0 for name, _, _ in targets}
+            cpu_inspect = {name: 0.0 for name, _, _ in targets}
+            requests = {name: 0 for name, _, _ in targets}
+            gb = {name: 0.0 for name, _, _ in targets}
+            counted = {name: [0, 0] for name, _, _ in targets}  # lines inspected, acked
+            for r in range(args.rounds):
+                for name, url, pids in targets[r % len(targets):] + targets[:r % len(targets)]:
+                    lw = logwardens.get(name)
+                    cpu0 = cpu_seconds(pids)
+                    seen0 = inspected_lines(lw[0]) if lw else 0
+                    insp0 = inspection_cpu_seconds(lw[1].pid) if lw else 0
+                    s = loadgen(url, batch, conc, args.duration, args.rate, os.path.join(work, "latencies.txt"))
+                    if lw:
+                        time.sleep(1)  # let queued inspections finish
+                        counted[name][0] += inspected_lines(lw[0]) - seen0
+                        cpu_inspect[name] += inspection_cpu_seconds(lw[1].pid) - insp0
+                    cpu[name] += cpu_seconds(pids) - cpu0
+                    gb[name] += s["line_bytes_acked"] / 1e9
+                    counted[name][1] += s["lines_acked"]
+                    requests[name] += s["batches_acked"]
+                    runs[name].append(s)
+                    print(json.dumps({"target": name, "batch": batch, "conc": conc, "round": r,
+                                      "rps": s["requests_per_second"], "p99": s["latency_p99_ms"]}),
+                          file=sys.stderr)
+            for name, _, pids in targets:
+                lw = name in logwardens
+                ordered = sorted(runs[name], key=lambda s: s["requests_per_second"])
+                s = ordered[len(ordered) // 2]
+                # Latency percentiles over every push of every round (pooled): a round's
+                # p99 rests on its few slowest pushes and moves a lot from round to round.
+                pooled = [x for run in runs[name] for x in run["lat"]]
+                rows.append({
+                    "target": name, "push": push_name(batch), "conc": conc,
+                    "rps": s["requests_per_second"], "mbs": s["line_bytes_acked"] / s["elapsed_seconds"] / 1e6,
+                    "p50": percentile_ms(pooled, 0.50),
+                    "p99": percentile_ms(pooled, 0.99),
+                    "cpu_per_gb": (cpu[name] / gb[name]) if pids and gb[name] > 0 else None,
+                    # CPU µs per forwarded request, split: forwarding (everything but the
+                    # inspection threads) and inspection.
+                    "us_fwd": 1e6 * (cpu[name] - cpu_inspect[name]) / max(requests[name], 1) if pids else None,
+                    "us_insp": 1e6 * cpu_inspect[name] / max(requests[name], 1) if lw else None,
+                    "rss": peak_rss_mib(pids) if pids else None,
+                    "inspected": counted[name][0] / max(counted[name][1], 1) if lw else None,
+                })
         lines = ["| push | conc | target | req/s | MB/s (lines) | p50 ms | p99 ms | CPU s/GB | CPU µs/req forwarding | CPU µs/req inspection | peak RSS MiB | inspected |",
                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
@@ -264,17 +278,17 @@ def main():
                          + (f"{r['us_insp']:.1f}" if r["us_insp"] is not None else "–") + f" | {rss} | "
                          + (f"{100 * r['inspected']:.0f} %" if r["inspected"] is not None else "–") + " |")
         ratios = []
-        for push in ("64 KiB", "1 MiB"):
-            for conc in (1, 8):
-                cell = {r["target"]: r for r in rows if r["push"] == push and r["conc"] == conc}
-                lw, ng = cell["logwarden"], cell["nginx"]
-                if "baseline" in cell:
-                    b = cell["baseline"]
-                    ratios.append(f"{push} c{conc} logwarden / baseline: req/s {lw['rps'] / b['rps']:.2f}x, "
-                                  f"p99 {lw['p99'] / b['p99']:.2f}x")
-                ratios.append(f"{push} c{conc}: req/s {lw['rps'] / ng['rps']:.2f}x, p50 {lw['p50'] / ng['p50']:.2f}x, "
-                              f"p99 {lw['p99'] / ng['p99']:.2f}x, inspected {100 * lw['inspected']:.0f} %, "
-                              f"forwarding CPU per request {lw['us_fwd'] / ng['us_fwd']:.2f}x")
+        for batch, conc in cells:
+            push = push_name(batch)
+            cell = {r["target"]: r for r in rows if r["push"] == push and r["conc"] == conc}
+            lw, ng = cell["logwarden"], cell["nginx"]
+            if "baseline" in cell:
+                b = cell["baseline"]
+                ratios.append(f"{push} c{conc} logwarden / baseline: req/s {lw['rps'] / b['rps']:.2f}x, "
+                              f"p99 {lw['p99'] / b['p99']:.2f}x")
+            ratios.append(f"{push} c{conc}: req/s {lw['rps'] / ng['rps']:.2f}x, p50 {lw['p50'] / ng['p50']:.2f}x, "
+                          f"p99 {lw['p99'] / ng['p99']:.2f}x, inspected {100 * lw['inspected']:.0f} %, "
+                          f"forwarding CPU per request {lw['us_fwd'] / ng['us_fwd']:.2f}x")
         offered = f"Offered: {args.rate} lines/s in every cell.\n\n" if args.rate else "Offered: as fast as each target answers.\n\n"
         table = offered + "\n".join(lines) + "\n\nMedian rounds, logwarden / nginx unless named:\n" + "\n".join(f"- {r}" for r in ratios)
         print(table)

@@ -73,7 +73,7 @@ def run(kind, binary, config, pushes, args, sink_port, work):
             cmd += ["--config", config]
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--separate-threads=yes",
                              f"--callgrind-out-file={prefix}.%p"] + cmd,
-                            env={**os.environ, "RUST_LOG": "error"}, stderr=subprocess.DEVNULL)
+                            env=pc.logwarden_env(), stderr=subprocess.DEVNULL)
     try:
         pc.wait_port(port, timeout=120)
         out = subprocess.run([pc.BIN, "loadgen", "--url", f"http://127.0.0.1:{port}/loki/api/v1/push",
@@ -116,6 +116,8 @@ def main():
     ap.add_argument("--config", help="logwarden config file (default: embedded defaults)")
     ap.add_argument("--baseline-bin", help="an earlier logwarden build to count beside this one")
     ap.add_argument("--no-nginx", action="store_true")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the callgrind files (for callgrind_annotate) and print where")
     args = ap.parse_args()
     for tool in ("valgrind", "nginx"):
         if not shutil.which(tool):
@@ -158,7 +160,10 @@ def main():
     finally:
         sink.send_signal(signal.SIGTERM)
         sink.wait(timeout=10)
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"\ncallgrind files kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proxy_compare import BIN, free_port, nginx_conf, wait_port  # noqa: E402
+from proxy_compare import BIN, free_port, logwarden_env, nginx_conf, wait_port  # noqa: E402
 
 
 def rss_mib(pid):
@@ -64,7 +64,7 @@ def main():
   server {{ listen 127.0.0.1:{sink_port}; location / {{ return 204; }} }}""")]))
         lw = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{lw_port}",
                                "--upstream", f"http://127.0.0.1:{sink_port}"],
-                              env={**os.environ, "RUST_LOG": "error"})
+                              env=logwarden_env())
         procs.append(lw)
         wait_port(sink_port)
         wait_port(lw_port)

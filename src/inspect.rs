@@ -366,7 +366,7 @@ fn worker(
     while let Some(job) = consumer.next() {
         metrics.inspect_depth.set(consumer.queue.len() as i64);
         let _guard =
-            tracing::info_span!(parent: &job.span, "inspect", bytes = job.body.len()).entered();
+            tracing::debug_span!(parent: &job.span, "inspect", bytes = job.body.len()).entered();
         let started = Instant::now();
         inspect_one(&job, limits, &metrics, inspector.as_ref());
         queued_bytes.fetch_sub(job.body.len(), Ordering::Relaxed);

@@ -5,6 +5,8 @@
 //! `warn!(%tenant, status = 429, "push rejected")`. The level comes from `RUST_LOG`
 //! (default `info`); the format is human-readable or JSON.
 
+#[cfg(feature = "otel")]
+use tracing_subscriber::filter::FilterExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -44,6 +46,19 @@ pub fn otlp_requested(env: &dyn Fn(&str) -> Option<String>) -> bool {
     .iter()
     .any(|k| env(k).is_some_and(|v| !v.trim().is_empty()))
         && env("OTEL_TRACES_EXPORTER").is_none_or(|v| v != "none")
+}
+
+/// logwarden's spans from debug level up: the part of the trace exporter's filter that takes
+/// the per-push spans, which the log layer's default `info` leaves out.
+#[cfg(feature = "otel")]
+fn exported_spans() -> tracing_subscriber::filter::FilterFn {
+    fn exported(meta: &tracing::Metadata<'_>) -> bool {
+        meta.is_span()
+            && *meta.level() <= tracing::Level::DEBUG
+            && (meta.target() == "logwarden" || meta.target().starts_with("logwarden::"))
+    }
+    tracing_subscriber::filter::FilterFn::new(exported as fn(&tracing::Metadata<'_>) -> bool)
+        .with_max_level_hint(tracing::Level::DEBUG)
 }
 
 /// Installs the global subscriber. Call before starting the async runtime: the OTLP exporter's
@@ -86,10 +101,12 @@ pub fn init(
             )
             .build();
         let tracer = provider.tracer("logwarden");
-        // Spans are exported at info level and above, whatever RUST_LOG says for log lines.
+        // Exported whatever RUST_LOG says for log lines: logwarden's spans from debug level up
+        // (the per-push `push`, `forward` and `inspect` are at debug so that the log layer
+        // does not build them), its events from info up.
         let otel = tracing_opentelemetry::layer()
             .with_tracer(tracer)
-            .with_filter(EnvFilter::new("logwarden=info"));
+            .with_filter(EnvFilter::new("logwarden=info").or(exported_spans()));
         registry.with(otel).init();
         return Ok(TelemetryGuard {
             provider: Some(provider),

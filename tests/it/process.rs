@@ -182,6 +182,7 @@ async fn a_push_produces_an_exported_otlp_span() {
     let has = |needle: &[u8]| all.windows(needle.len()).any(|w| w == needle);
     assert!(has(b"push"), "no push span exported");
     assert!(has(b"forward"), "no forward child span exported");
+    assert!(has(b"inspect"), "no inspect child span exported");
     assert!(has(b"logwarden"), "service name missing");
 }
 
