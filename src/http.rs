@@ -23,12 +23,6 @@ pub(crate) fn range_in(whole: &[u8], part: &[u8]) -> std::ops::Range<usize> {
     start..start + part.len()
 }
 
-/// Whether `value` is a valid header value for the `http` crate (visible ASCII, obs-text,
-/// space and tab), checked before a value is built from a shared buffer.
-pub(crate) fn valid_header_value(value: &[u8]) -> bool {
-    value.iter().all(|&b| (b >= 32 && b != 127) || b == b'\t')
-}
-
 /// Whether a `Connection` header value carries the `close` token.
 pub(crate) fn says_close(value: &[u8]) -> bool {
     value

@@ -355,9 +355,6 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
         if !super::is_end_to_end(&name, &connection_named) {
             continue;
         }
-        if !crate::http::valid_header_value(h.value) {
-            return Err(H1Error::Malformed(format!("value of header {}", h.name)));
-        }
         kept.push((name, crate::http::range_in(buf, h.value)));
     }
     let head = buf.split_to(len).freeze();

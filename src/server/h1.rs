@@ -236,9 +236,6 @@ fn parse_head(buf: &mut BytesMut) -> Head {
             let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
                 return Head::Other;
             };
-            if !crate::http::valid_header_value(h.value) {
-                return Head::Other;
-            }
             if name == header::CONTENT_LENGTH {
                 let n = std::str::from_utf8(h.value)
                     .ok()
@@ -272,7 +269,7 @@ fn parse_head(buf: &mut BytesMut) -> Head {
             Ok(value) => {
                 headers.append(name, value);
             }
-            // Checked above with the same rule; should it ever differ, hyper gets the request.
+            // A control character in a value: hyper gets the request, bytes as they came.
             Err(_) => return Head::Taken(head),
         }
     }
