@@ -211,11 +211,19 @@ def main():
             cmd = [binary, "serve", "--listen", f"127.0.0.1:{port}", "--upstream", f"http://127.0.0.1:{sink_port}"]
             if config:
                 cmd += ["--config", config]
-            p = subprocess.Popen(cmd, env=logwarden_env())
+            # Its log (info level: a few lines) apart from the tables; shown if it does not start.
+            log = os.path.join(work, f"{name}.log")
+            p = subprocess.Popen(cmd, env=logwarden_env(), stderr=open(log, "wb"))
             procs.append(p)
             logwardens[name] = (port, p)
-        for p in [sink_port, nginx_port] + [port for port, _ in logwardens.values()]:
+        for p in [sink_port, nginx_port]:
             wait_port(p)
+        for name, (port, _) in logwardens.items():
+            try:
+                wait_port(port)
+            except SystemExit:
+                sys.stderr.write(open(os.path.join(work, f"{name}.log"), errors="replace").read())
+                raise
         targets = [
             ("sink", f"http://127.0.0.1:{sink_port}/loki/api/v1/push", []),
             ("nginx", f"http://127.0.0.1:{nginx_port}/loki/api/v1/push", [proxy.pid] + children(proxy.pid)),
