@@ -155,20 +155,48 @@ fn is_end_to_end(name: &HeaderName, connection_named: &[HeaderName]) -> bool {
     !is_hop_by_hop(name) && !connection_named.contains(name)
 }
 
-/// Loki's answer body: streamed (hyper's client), or read whole (pushes over [`h1`]).
-enum UpstreamBody {
-    Streamed(Incoming),
-    Whole(Bytes),
+/// [`is_end_to_end`] for a header name as it came on the wire, in any case.
+fn is_end_to_end_name(name: &[u8], connection_named: &[HeaderName]) -> bool {
+    !HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
+        && !connection_named
+            .iter()
+            .any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// The names [`is_hop_by_hop`] is true for, as strings.
+const HOP_BY_HOP: [&str; 11] = [
+    "connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+];
+
+/// Loki's answer: from hyper's client with its body streamed, or read whole by the push client
+/// ([`h1`]) with its head as it came.
+enum Answer {
+    Streamed(http::Response<Incoming>),
+    Whole { head: h1::AnswerHead, body: Bytes },
 }
 
 /// The upstream's answer: status and headers now, body streamed or already read.
 pub struct UpstreamResponse {
     /// Loki's status code.
     pub status: StatusCode,
-    inner: http::Response<UpstreamBody>,
+    inner: Answer,
     /// Longest wait for the next piece of the body (`upstream.timeout`).
     idle: Duration,
 }
+
+pub use h1::AnswerHead;
 
 impl UpstreamResponse {
     /// Returns true when Promtail and Alloy will resend the batch (429 and any 5xx), so the push
@@ -179,9 +207,9 @@ impl UpstreamResponse {
 
     /// Converts Loki's answer into ours: same status, end-to-end headers and body bytes.
     pub fn into_response(self) -> Response {
-        let (parts, body) = self.inner.into_parts();
-        let (body, headers) = match body {
-            UpstreamBody::Streamed(body) => {
+        let (body, headers) = match self.inner {
+            Answer::Streamed(inner) => {
+                let (parts, body) = inner.into_parts();
                 let mut headers = end_to_end_headers(&parts.headers);
                 // Keep Loki's declared length so the client sees exactly what Loki sent.
                 if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
@@ -191,12 +219,26 @@ impl UpstreamResponse {
             }
             // The push client kept only the end-to-end headers; the body's exact length
             // (Loki's `Content-Length`, or what a chunked answer added up to) is sent with it.
-            UpstreamBody::Whole(bytes) => (Body::from(bytes), parts.headers),
+            Answer::Whole { head, body } => (Body::from(body), head.to_header_map()),
         };
         let mut response = Response::new(body);
-        *response.status_mut() = parts.status;
+        *response.status_mut() = self.status;
         *response.headers_mut() = headers;
         response
+    }
+
+    /// An answer the push client read whole: its head's end-to-end lines as Loki wrote them
+    /// and its body, for the push reader to write on without building a `HeaderMap`; any other
+    /// answer back as it was.
+    ///
+    /// # Errors
+    /// `self`, when the answer came through hyper's client (its body is streamed).
+    #[allow(clippy::result_large_err)] // handed back as it came, by value, not an error
+    pub fn into_whole(self) -> Result<(StatusCode, AnswerHead, Bytes), Self> {
+        match self.inner {
+            Answer::Whole { head, body } => Ok((self.status, head, body)),
+            Answer::Streamed(_) => Err(self),
+        }
     }
 
     /// Splits a `101 Switching Protocols` answer into its status, the headers to send the client
@@ -208,11 +250,21 @@ impl UpstreamResponse {
         HeaderMap,
         impl std::future::Future<Output = hyper::Result<hyper::upgrade::Upgraded>>,
     ) {
-        let mut headers = end_to_end_headers(self.inner.headers());
-        if let Some(u) = self.inner.headers().get(header::UPGRADE) {
-            headers.insert(header::UPGRADE, u.clone());
+        match self.inner {
+            Answer::Streamed(inner) => {
+                let mut headers = end_to_end_headers(inner.headers());
+                if let Some(u) = inner.headers().get(header::UPGRADE) {
+                    headers.insert(header::UPGRADE, u.clone());
+                }
+                (self.status, headers, hyper::upgrade::on(inner))
+            }
+            // The push client never asks for an upgrade: this one fails when awaited.
+            Answer::Whole { head, .. } => (
+                self.status,
+                head.to_header_map(),
+                hyper::upgrade::on(http::Response::new(())),
+            ),
         }
-        (self.status, headers, hyper::upgrade::on(self.inner))
     }
 }
 
@@ -398,12 +450,12 @@ impl Forwarder {
             return match tokio::time::timeout(self.timeout, sent).await {
                 Ok(Ok(answer)) => {
                     self.observe(route, started);
-                    let mut inner = http::Response::new(UpstreamBody::Whole(answer.body));
-                    *inner.status_mut() = answer.status;
-                    *inner.headers_mut() = answer.headers;
                     Ok(UpstreamResponse {
                         status: answer.status,
-                        inner,
+                        inner: Answer::Whole {
+                            head: answer.head,
+                            body: answer.body,
+                        },
                         idle: self.timeout,
                     })
                 }
@@ -444,7 +496,7 @@ impl Forwarder {
                 self.observe(route, started);
                 Ok(UpstreamResponse {
                     status: inner.status(),
-                    inner: inner.map(UpstreamBody::Streamed),
+                    inner: Answer::Streamed(inner),
                     idle: self.timeout,
                 })
             }

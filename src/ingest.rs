@@ -147,7 +147,34 @@ pub async fn push(State(app): State<App>, request: Request) -> Response {
         let app = app.clone();
         tokio::spawn(async move { app.inspector().offer(inspection) });
     }
-    response
+    response.into_response()
+}
+
+/// The answer to a push: Loki's, or logwarden's own (a refusal, or Loki unreachable).
+pub enum PushAnswer {
+    /// Loki's answer, to send on as it came.
+    Loki(crate::forward::UpstreamResponse),
+    /// Ours.
+    Ours(Response),
+}
+
+impl PushAnswer {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            PushAnswer::Loki(upstream) => upstream.status,
+            PushAnswer::Ours(response) => response.status(),
+        }
+    }
+}
+
+impl IntoResponse for PushAnswer {
+    fn into_response(self) -> Response {
+        match self {
+            PushAnswer::Loki(upstream) => upstream.into_response(),
+            PushAnswer::Ours(response) => response,
+        }
+    }
 }
 
 /// The push policy, whoever read the request: authenticate, read the body with `read_body`
@@ -158,7 +185,7 @@ pub async fn push_with<F, Fut>(
     app: &App,
     mut parts: http::request::Parts,
     read_body: F,
-) -> (Response, Option<Inspection>)
+) -> (PushAnswer, Option<Inspection>)
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<Chunks, BodyError>>,
@@ -169,8 +196,8 @@ where
             .with_label_values(&["unauthorized"])
             .inc();
         let denied = unauthorized();
-        record_status(app, denied.status());
-        return (denied, None);
+        record_status(app, denied.status(), &tracing::Span::none());
+        return (PushAnswer::Ours(denied), None);
     }
     let tenant = tenant_of(&parts.headers, &app.config().inspect.default_tenant);
     // Debug level, like `forward` and `inspect`: the log layer's default `info` leaves them
@@ -184,18 +211,21 @@ where
         status = tracing::field::Empty,
     );
     let metrics = app.metrics();
+    // This span's handle, not `Span::current()`: each of those asks the subscriber which span
+    // the thread is in.
+    let this = span.clone();
     async {
         let body = match read_body().await {
             Ok(b) => b,
             Err(e) => {
                 metrics.push_rejected.with_label_values(&[e.reason()]).inc();
                 let response = e.into_response();
-                record_status(app, response.status());
+                record_status(app, response.status(), &this);
                 tracing::warn!(%tenant, reason = "body", status = response.status().as_u16(), "push rejected before forwarding");
-                return (response, None);
+                return (PushAnswer::Ours(response), None);
             }
         };
-        tracing::Span::current().record("bytes", body.len());
+        this.record("bytes", body.len());
         let tenant_label = metrics.tenants.label(&tenant);
         metrics.push_bytes.with_label_values(&[tenant_label]).inc_by(body.len() as u64);
 
@@ -215,18 +245,18 @@ where
                         content_encoding: parts.headers.get(header::CONTENT_ENCODING).cloned(),
                         api: PushApi::from_path(parts.uri.path()),
                         body,
-                        span: tracing::Span::current(),
+                        span: this.clone(),
                     });
                 }
-                upstream.into_response()
+                PushAnswer::Loki(upstream)
             }
             Err(e) => {
                 metrics.push_rejected.with_label_values(&[e.reason()]).inc();
                 tracing::warn!(%tenant, error = %e, "push not forwarded, client will retry");
-                e.into_response()
+                PushAnswer::Ours(e.into_response())
             }
         };
-        record_status(app, response.status());
+        record_status(app, response.status(), &this);
         (response, inspection)
     }
     .instrument(span)
@@ -261,8 +291,8 @@ pub fn unauthorized() -> Response {
         .into_response()
 }
 
-fn record_status(app: &App, status: StatusCode) {
-    tracing::Span::current().record("status", status.as_u16());
+fn record_status(app: &App, status: StatusCode, span: &tracing::Span) {
+    span.record("status", status.as_u16());
     app.metrics()
         .push_requests
         .with_label_values(&[status.as_str()])

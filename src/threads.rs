@@ -70,8 +70,11 @@ impl ServingThreads {
             let thread = std::thread::Builder::new()
                 .name(format!("serve-{index}"))
                 .spawn(move || {
+                    // Sockets and timers only: with the process and signal drivers too, every
+                    // turn of the event loop also looked for exited child processes to reap.
                     let runtime = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
+                        .enable_io()
+                        .enable_time()
                         .build()
                     {
                         Ok(r) => r,

@@ -12,10 +12,11 @@
 //! upstream URL's base path), `Host` of the upstream, the end-to-end headers as they are, the
 //! upstream URL's Basic credentials when the client sent none, and the body's bytes with their
 //! exact `Content-Length`. Loki's answer comes back with its status, headers and body bytes
-//! unchanged; only its framing may change (a chunked answer is read whole and sent on with its
+//! unchanged (the push reader writes the end-to-end header lines as Loki spelled them, in its
+//! order); only its framing may change (a chunked answer is read whole and sent on with its
 //! length). Queries, upgrades, `https://` and HTTP/2 upstreams keep hyper's client.
 
-use std::io::{self, Write as _};
+use std::io;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -39,8 +40,56 @@ pub(super) const MAX_ANSWER: usize = 4 << 20;
 #[derive(Debug)]
 pub(super) struct Answer {
     pub status: StatusCode,
-    pub headers: HeaderMap,
+    pub head: AnswerHead,
     pub body: Bytes,
+}
+
+/// Loki's answer head as it came: its bytes, and where the name and value of each end-to-end
+/// header line sit in them. The push reader writes the lines on to the agent as Loki wrote them
+/// ([`AnswerHead::lines`]); the router gets them as a `HeaderMap` ([`AnswerHead::to_header_map`]).
+/// Building a `HeaderMap` for every answer (a `HeaderName` and a checked `HeaderValue` per
+/// line, then dropping them) cost the serving thread more than parsing the head did.
+#[derive(Debug, Default)]
+pub struct AnswerHead {
+    bytes: Bytes,
+    /// Name and value ranges in `bytes` (a head is at most [`MAX_HEAD`] plus one read long).
+    /// Inline for Loki's usual answer (`Date` and a few more).
+    lines: smallvec::SmallVec<[[u32; 4]; 4]>,
+}
+
+impl AnswerHead {
+    /// The end-to-end header lines, name and value, in Loki's order and spelling. `httparse`
+    /// checked them: a name is a token, a value holds no CR, LF or other control character but
+    /// tab.
+    pub fn lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.lines.iter().map(|&[n0, n1, v0, v1]| {
+            (
+                &self.bytes[n0 as usize..n1 as usize],
+                &self.bytes[v0 as usize..v1 as usize],
+            )
+        })
+    }
+
+    /// The first value of the header `name` (compared without regard to case).
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.lines()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// The lines as a `HeaderMap` (values are slices of the head, not copies).
+    pub fn to_header_map(&self) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(self.lines.len());
+        for &[n0, n1, v0, v1] in &self.lines {
+            let name = HeaderName::from_bytes(&self.bytes[n0 as usize..n1 as usize]);
+            let value = HeaderValue::from_maybe_shared(self.bytes.slice(v0 as usize..v1 as usize));
+            // httparse accepts exactly the names and values these do.
+            if let (Ok(name), Ok(value)) = (name, value) {
+                headers.append(name, value);
+            }
+        }
+        headers
+    }
 }
 
 /// A connection waiting in a pool.
@@ -184,7 +233,9 @@ impl H1 {
         if let Some(auth) = auth.filter(|_| !headers.contains_key(header::AUTHORIZATION)) {
             line(&header::AUTHORIZATION, auth);
         }
-        let _ = write!(head, "content-length: {len}\r\n\r\n");
+        head.extend_from_slice(b"content-length: ");
+        head.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+        head.extend_from_slice(b"\r\n\r\n");
         head
     }
 
@@ -286,7 +337,7 @@ async fn read_answer(stream: &mut TcpStream, method: &Method) -> Result<(Answer,
     Ok((
         Answer {
             status: head.status,
-            headers: head.headers,
+            head: head.lines,
             body,
         },
         reusable,
@@ -306,15 +357,15 @@ async fn fill(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), H1Error>
 /// A parsed response head.
 struct Head {
     status: StatusCode,
-    /// The end-to-end headers (hop-by-hop ones and those `Connection` names dropped).
-    headers: HeaderMap,
+    /// The end-to-end header lines (hop-by-hop ones and those `Connection` names dropped).
+    lines: AnswerHead,
     /// HTTP/1.1 without `Connection: close`.
     keep_alive: bool,
     framing: Framing,
 }
 
 /// Parses a complete response head (the answer to a `method` request) at the start of `buf`
-/// and takes it out of `buf` (the header values are slices of it, not copies).
+/// and takes it out of `buf` (the header lines are kept as ranges in it, not copies).
 fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Error> {
     let mut lines = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
@@ -347,26 +398,28 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
         named("content-length"),
     )?;
     let connection_named = super::connection_named(named("connection"));
-    // Inline for a usual answer (Loki's has a handful of lines).
-    let mut kept: smallvec::SmallVec<[_; 16]> = smallvec::SmallVec::with_capacity(lines.len());
+    let mut kept = smallvec::SmallVec::with_capacity(lines.len());
     for h in lines {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| H1Error::Malformed(format!("header name {:?}", h.name)))?;
-        if !super::is_end_to_end(&name, &connection_named) {
+        if !super::is_end_to_end_name(h.name.as_bytes(), &connection_named) {
             continue;
         }
-        kept.push((name, crate::http::range_in(buf, h.value)));
-    }
-    let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(kept.len());
-    for (name, value) in kept {
-        let value = HeaderValue::from_maybe_shared(head.slice(value))
-            .map_err(|_| H1Error::Malformed(format!("value of header {name}")))?;
-        headers.append(name, value);
+        let name = crate::http::range_in(buf, h.name.as_bytes());
+        let value = crate::http::range_in(buf, h.value);
+        // Within the head, which is shorter than `u32::MAX` (at most one read past MAX_HEAD).
+        #[allow(clippy::cast_possible_truncation)]
+        kept.push([
+            name.start as u32,
+            name.end as u32,
+            value.start as u32,
+            value.end as u32,
+        ]);
     }
     Ok(Some(Head {
         status,
-        headers,
+        lines: AnswerHead {
+            bytes: buf.split_to(len).freeze(),
+            lines: kept,
+        },
         keep_alive,
         framing,
     }))
@@ -545,7 +598,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(a.status, StatusCode::NO_CONTENT);
-        assert_eq!(a.headers.get("x-loki").unwrap(), "a");
+        assert_eq!(a.head.get("x-loki"), Some(&b"a"[..]));
         assert!(a.body.is_empty());
         let a = h1
             .send(&Method::POST, "/p", &headers, None, &pushed)
@@ -596,8 +649,12 @@ mod tests {
             .send(&Method::POST, "/p", &headers, Some(&auth), &body(&[b"x"]))
             .await
             .unwrap();
-        let kept: Vec<_> = a.headers.keys().map(|k| k.as_str()).collect();
-        assert_eq!(kept, ["x-loki"], "Loki's hop-by-hop headers are dropped");
+        let kept: Vec<_> = a.head.lines().collect();
+        assert_eq!(
+            kept,
+            [(&b"X-Loki"[..], &b"a"[..])],
+            "Loki's hop-by-hop headers are dropped, the rest kept as Loki wrote them"
+        );
         headers.insert("authorization", HeaderValue::from_static("Bearer agent"));
         h1.send(&Method::POST, "/p", &headers, Some(&auth), &body(&[b"x"]))
             .await

@@ -34,7 +34,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::body::Chunks;
-use crate::ingest::{push_with, BodyError};
+use crate::ingest::{push_with, BodyError, PushAnswer};
 use crate::App;
 
 /// A connection's first read buffer: room for a push's head and, for ordinary batches, its body.
@@ -167,7 +167,7 @@ where
         };
         // A body left unread (refused, or the push denied before reading) is not skipped.
         keep_alive &= body_read && !*shutdown.borrow();
-        let written = write_response(&mut io, response, keep_alive).await;
+        let written = write_answer(&mut io, response, keep_alive).await;
         // Only now, with the answer on its way: an inspection thread woken before it would take
         // the core the agent's wake-up needs, and the agent would wait for it to yield.
         if let Some(inspection) = inspection {
@@ -387,6 +387,30 @@ async fn read_body<IO: AsyncRead + Unpin>(
     }
 }
 
+/// Writes a push's answer. Loki's, when the push client read it whole (the usual case), goes
+/// line for line as Loki wrote its head (only the hop-by-hop lines left out) with its body's
+/// exact length, without building a `HeaderMap`; any other through [`write_response`].
+async fn write_answer<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    answer: PushAnswer,
+    keep_alive: bool,
+) -> io::Result<()> {
+    let upstream = match answer {
+        PushAnswer::Loki(upstream) => upstream,
+        PushAnswer::Ours(response) => return write_response(io, response, keep_alive).await,
+    };
+    let (status, lines, body) = match upstream.into_whole() {
+        Ok(whole) => whole,
+        Err(streamed) => return write_response(io, streamed.into_response(), keep_alive).await,
+    };
+    let mut head = status_line(status);
+    for (name, value) in lines.lines() {
+        header_line(&mut head, name, value);
+    }
+    end_head(&mut head, lines.get("date").is_some(), keep_alive);
+    write_whole(io, head, status, &body).await
+}
+
 /// Writes `response` as HTTP/1.1: its status, headers (a `Date` added when it has none) and
 /// body, with its exact length when known and chunked otherwise. Statuses that carry no body
 /// (1xx, 204, 304) are written without one.
@@ -397,17 +421,7 @@ async fn write_response<IO: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
-    let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(b"HTTP/1.1 ");
-    head.extend_from_slice(status.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(
-        status
-            .canonical_reason()
-            .unwrap_or("<unknown status code>")
-            .as_bytes(),
-    );
-    head.extend_from_slice(b"\r\n");
+    let mut head = status_line(status);
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
@@ -415,25 +429,15 @@ async fn write_response<IO: AsyncWrite + Unpin>(
         {
             continue;
         }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
+        header_line(&mut head, name.as_str().as_bytes(), value.as_bytes());
     }
-    if !parts.headers.contains_key(header::DATE) {
-        head.extend_from_slice(b"date: ");
-        with_date(|d| head.extend_from_slice(d));
-        head.extend_from_slice(b"\r\n");
-    }
-    if !keep_alive {
-        head.extend_from_slice(b"connection: close\r\n");
-    }
-    let bodiless = status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    if bodiless {
-        head.extend_from_slice(b"\r\n");
-        return io.write_all(&head).await;
+    end_head(
+        &mut head,
+        parts.headers.contains_key(header::DATE),
+        keep_alive,
+    );
+    if bodiless(status) {
+        return write_whole(io, head, status, &Bytes::new()).await;
     }
     if body.size_hint().exact().is_some() {
         let bytes = body
@@ -441,8 +445,7 @@ async fn write_response<IO: AsyncWrite + Unpin>(
             .await
             .map_err(|e| io::Error::other(e.to_string()))?
             .to_bytes();
-        write!(head, "content-length: {}\r\n\r\n", bytes.len())?;
-        return crate::http::write_head_and_body(io, &head, std::slice::from_ref(&bytes)).await;
+        return write_whole(io, head, status, &bytes).await;
     }
     // A streamed answer of unknown length (Loki over HTTP/2 or TLS): chunked, as it comes.
     head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
@@ -461,6 +464,67 @@ async fn write_response<IO: AsyncWrite + Unpin>(
         }
     }
     io.write_all(b"0\r\n\r\n").await
+}
+
+/// An answer head's first line.
+fn status_line(status: StatusCode) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(
+        status
+            .canonical_reason()
+            .unwrap_or("<unknown status code>")
+            .as_bytes(),
+    );
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+fn header_line(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    head.extend_from_slice(name);
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+}
+
+/// Adds the lines every answer head ends with: `Date` when the answer has none, and
+/// `Connection: close` when the connection ends after it.
+fn end_head(head: &mut Vec<u8>, has_date: bool, keep_alive: bool) {
+    if !has_date {
+        head.extend_from_slice(b"date: ");
+        with_date(|d| head.extend_from_slice(d));
+        head.extend_from_slice(b"\r\n");
+    }
+    if !keep_alive {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+}
+
+/// Statuses whose answers carry no body (RFC 9110 §6.4.1).
+fn bodiless(status: StatusCode) -> bool {
+    status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
+/// Ends `head` and writes it with `body` and its exact length (without a body for a status
+/// that carries none), in one vectored write.
+async fn write_whole<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    mut head: Vec<u8>,
+    status: StatusCode,
+    body: &Bytes,
+) -> io::Result<()> {
+    if bodiless(status) {
+        head.extend_from_slice(b"\r\n");
+        return io.write_all(&head).await;
+    }
+    head.extend_from_slice(b"content-length: ");
+    head.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    head.extend_from_slice(b"\r\n\r\n");
+    crate::http::write_head_and_body(io, &head, std::slice::from_ref(body)).await
 }
 
 /// Calls `f` with the current `Date` header value, formatted once per second per thread.

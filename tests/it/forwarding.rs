@@ -614,6 +614,67 @@ async fn a_refusal_keeps_the_connection_and_connection_close_ends_it() {
     proxy.stop().await;
 }
 
+/// Loki's answer head reaches the agent line for line as Loki wrote it (names in Loki's
+/// spelling, in Loki's order, its `Date` kept), without the lines that only concern the
+/// connection between logwarden and Loki, and with the body's exact length.
+#[tokio::test]
+async fn loki_answer_heads_reach_the_agent_as_loki_wrote_them() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const REFUSAL: &[u8] = b"HTTP/1.1 400 Bad Request\r\nVary: Origin\r\nX-Content-Type-Options: nosniff\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nDate: Sat, 28 Nov 2026 20:00:00 GMT\r\nContent-Length: 12\r\n\r\nentry too ol";
+    const ACCEPTED: &[u8] = b"HTTP/1.1 204 No Content\r\nDate: Sat, 28 Nov 2026 20:00:01 GMT\r\nX-Loki-Ring: ingester-2\r\n\r\n";
+    // A Loki that reads each request (head, then the body its Content-Length announces) and
+    // answers it with the next of these bytes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let loki = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        for answer in [REFUSAL, ACCEPTED] {
+            let end = loop {
+                let mut lines = [httparse::EMPTY_HEADER; 32];
+                let mut request = httparse::Request::new(&mut lines);
+                if let Ok(httparse::Status::Complete(head)) = request.parse(&buf) {
+                    let length: usize = request
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                        .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
+                        .unwrap();
+                    if buf.len() >= head + length {
+                        break head + length;
+                    }
+                }
+                let mut chunk = [0u8; 8192];
+                let n = s.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "logwarden closed the connection to Loki");
+                buf.extend_from_slice(&chunk[..n]);
+            };
+            buf.drain(..end);
+            s.write_all(answer).await.unwrap();
+        }
+    });
+    let proxy = Proxy::start("", &loki, Arc::new(CountOnly)).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let expected: [&[u8]; 2] = [
+        b"HTTP/1.1 400 Bad Request\r\nVary: Origin\r\nX-Content-Type-Options: nosniff\r\nContent-Type: text/plain; charset=utf-8\r\nDate: Sat, 28 Nov 2026 20:00:00 GMT\r\ncontent-length: 12\r\n\r\nentry too ol",
+        b"HTTP/1.1 204 No Content\r\nDate: Sat, 28 Nov 2026 20:00:01 GMT\r\nX-Loki-Ring: ingester-2\r\n\r\n",
+    ];
+    for (push, want) in [&b"first"[..], b"second"].into_iter().zip(expected) {
+        s.write_all(&raw_push(push, "")).await.unwrap();
+        let mut got = vec![0u8; want.len()];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut got))
+            .await
+            .expect("no answer within 10 s")
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(want),
+            "the answer is not Loki's, line for line"
+        );
+    }
+    proxy.stop().await;
+}
+
 /// Clients that wait for `100 Continue` (curl does for bodies over 1 KiB) and HTTP/1.0
 /// clients are served too.
 #[tokio::test]
