@@ -181,12 +181,22 @@ impl Authenticator {
 
     /// Resolves the request's `Authorization` header.
     pub fn check(&self, headers: &HeaderMap) -> Verdict {
+        self.check_authorization(
+            headers
+                .get(header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes),
+        )
+    }
+
+    /// Resolves an `Authorization` value (`None`: the request has none).
+    pub fn check_authorization(&self, value: Option<&[u8]>) -> Verdict {
         if !self.enabled {
             return Verdict::Open;
         }
-        let Some(value) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
+        // Visible ASCII only, as `HeaderValue::to_str` takes.
+        let Some(value) = value
+            .filter(|v| v.iter().all(|&b| b == b'\t' || (32..127).contains(&b)))
+            .and_then(|v| std::str::from_utf8(v).ok())
         else {
             return Verdict::Denied;
         };

@@ -184,7 +184,7 @@ const HOP_BY_HOP: [&str; 11] = [
 /// ([`h1`]) with its head as it came.
 enum Answer {
     Streamed(http::Response<Incoming>),
-    Whole { head: h1::AnswerHead, body: Bytes },
+    Whole { head: HeadLines, body: Bytes },
 }
 
 /// The upstream's answer: status and headers now, body streamed or already read.
@@ -196,7 +196,7 @@ pub struct UpstreamResponse {
     idle: Duration,
 }
 
-pub use h1::AnswerHead;
+pub use crate::http::HeadLines;
 
 impl UpstreamResponse {
     /// Returns true when Promtail and Alloy will resend the batch (429 and any 5xx), so the push
@@ -234,7 +234,7 @@ impl UpstreamResponse {
     /// # Errors
     /// `self`, when the answer came through hyper's client (its body is streamed).
     #[allow(clippy::result_large_err)] // handed back as it came, by value, not an error
-    pub fn into_whole(self) -> Result<(StatusCode, AnswerHead, Bytes), Self> {
+    pub fn into_whole(self) -> Result<(StatusCode, HeadLines, Bytes), Self> {
         match self.inner {
             Answer::Whole { head, body } => Ok((self.status, head, body)),
             Answer::Streamed(_) => Err(self),
@@ -443,27 +443,6 @@ impl Forwarder {
         body: Chunks,
         upgrade: bool,
     ) -> Result<UpstreamResponse, ForwardError> {
-        if let (Route::Push, false, Some(h1)) = (route, upgrade, &self.h1) {
-            let started = Instant::now();
-            let auth = self.target.basic_auth.as_ref();
-            let sent = h1.send(&method, path_and_query, headers, auth, &body);
-            return match tokio::time::timeout(self.timeout, sent).await {
-                Ok(Ok(answer)) => {
-                    self.observe(route, started);
-                    Ok(UpstreamResponse {
-                        status: answer.status,
-                        inner: Answer::Whole {
-                            head: answer.head,
-                            body: answer.body,
-                        },
-                        idle: self.timeout,
-                    })
-                }
-                // The error names the upstream's host and port at most, never its credentials.
-                Ok(Err(e)) => Err(self.failed(ForwardError::Unreachable(e.to_string()))),
-                Err(_) => Err(self.failed(ForwardError::Timeout(self.timeout))),
-            };
-        }
         let mut request = http::Request::new(body.into_body());
         *request.method_mut() = method;
         *request.uri_mut() = match self.target.uri_for(path_and_query) {
@@ -528,18 +507,41 @@ impl Forwarder {
     pub async fn push(
         &self,
         path_and_query: &str,
-        headers: &HeaderMap,
+        headers: &crate::http::RequestHeaders,
         body: Chunks,
     ) -> Result<UpstreamResponse, ForwardError> {
-        self.send(
-            Route::Push,
-            Method::POST,
-            path_and_query,
-            headers,
-            body,
-            false,
-        )
-        .await
+        let Some(h1) = &self.h1 else {
+            // An `https://` or HTTP/2 Loki: hyper's client, which takes a map.
+            return self
+                .send(
+                    Route::Push,
+                    Method::POST,
+                    path_and_query,
+                    &headers.to_map(),
+                    body,
+                    false,
+                )
+                .await;
+        };
+        let started = Instant::now();
+        let auth = self.target.basic_auth.as_ref();
+        let sent = h1.send(&Method::POST, path_and_query, headers, auth, &body);
+        match tokio::time::timeout(self.timeout, sent).await {
+            Ok(Ok(answer)) => {
+                self.observe(Route::Push, started);
+                Ok(UpstreamResponse {
+                    status: answer.status,
+                    inner: Answer::Whole {
+                        head: answer.head,
+                        body: answer.body,
+                    },
+                    idle: self.timeout,
+                })
+            }
+            // The error names the upstream's host and port at most, never its credentials.
+            Ok(Err(e)) => Err(self.failed(ForwardError::Unreachable(e.to_string()))),
+            Err(_) => Err(self.failed(ForwardError::Timeout(self.timeout))),
+        }
     }
 }
 

@@ -23,6 +23,149 @@ pub(crate) fn range_in(whole: &[u8], part: &[u8]) -> std::ops::Range<usize> {
     start..start + part.len()
 }
 
+/// Where one header line's name and value sit in a head: start and end of each.
+pub(crate) type LineRange = [u32; 4];
+
+/// The header lines of one head, inline for a usual push or answer (Promtail and Alloy send
+/// about six lines, Loki answers with two or three).
+pub(crate) type LineRanges = smallvec::SmallVec<[LineRange; 8]>;
+
+/// Where `line`, a header `httparse` found in `head`, sits in it. A head is read into one
+/// buffer of at most a few hundred KiB, far below `u32::MAX`.
+#[allow(clippy::cast_possible_truncation)]
+pub(crate) fn line_range(head: &[u8], line: &httparse::Header<'_>) -> LineRange {
+    let name = range_in(head, line.name.as_bytes());
+    let value = range_in(head, line.value);
+    [
+        name.start as u32,
+        name.end as u32,
+        value.start as u32,
+        value.end as u32,
+    ]
+}
+
+/// Header lines as they came on the wire: the bytes of their head, and where the name and
+/// value of each line sit in them. The push reader and the push client keep heads this way
+/// and write lines on as they came; building an `http::HeaderMap` for each (a `HeaderName`
+/// and a checked `HeaderValue` per line, then dropping them) cost the serving thread more
+/// than parsing the head did. `httparse` checked the lines: a name is a token, a value holds
+/// no CR, LF or other control character but tab.
+#[derive(Debug, Clone, Default)]
+pub struct HeadLines {
+    bytes: bytes::Bytes,
+    lines: LineRanges,
+}
+
+impl HeadLines {
+    pub(crate) fn new(bytes: bytes::Bytes, lines: LineRanges) -> HeadLines {
+        HeadLines { bytes, lines }
+    }
+
+    /// The lines, name and value, in the order and spelling they came in.
+    pub fn lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.lines.iter().map(|&[n0, n1, v0, v1]| {
+            (
+                &self.bytes[n0 as usize..n1 as usize],
+                &self.bytes[v0 as usize..v1 as usize],
+            )
+        })
+    }
+
+    /// How many lines there are.
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// The values of the header `name` (compared without regard to case), in order.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.lines()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// The first value of the header `name` (compared without regard to case).
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.lines()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// The first value of the header `name` as a `HeaderValue` sharing the head's bytes.
+    pub fn value(&self, name: &str) -> Option<http::HeaderValue> {
+        let &[_, _, v0, v1] = self.lines.iter().find(|&&[n0, n1, _, _]| {
+            self.bytes[n0 as usize..n1 as usize].eq_ignore_ascii_case(name.as_bytes())
+        })?;
+        http::HeaderValue::from_maybe_shared(self.bytes.slice(v0 as usize..v1 as usize)).ok()
+    }
+
+    /// The lines as a `HeaderMap` (values share the head's bytes).
+    pub fn to_header_map(&self) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::with_capacity(self.lines.len());
+        for &[n0, n1, v0, v1] in &self.lines {
+            let name = http::HeaderName::from_bytes(&self.bytes[n0 as usize..n1 as usize]);
+            let value =
+                http::HeaderValue::from_maybe_shared(self.bytes.slice(v0 as usize..v1 as usize));
+            // httparse accepts exactly the names and values these do.
+            if let (Ok(name), Ok(value)) = (name, value) {
+                headers.append(name, value);
+            }
+        }
+        headers
+    }
+}
+
+/// A push request's headers: as the push reader read them, or as hyper did (the router's
+/// pushes, and any head the push reader leaves to hyper).
+#[derive(Debug, Clone)]
+pub enum RequestHeaders {
+    /// The lines as the agent sent them.
+    Lines(HeadLines),
+    /// hyper's map.
+    Map(http::HeaderMap),
+}
+
+impl RequestHeaders {
+    /// The first value of the header `name` (lowercase).
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        match self {
+            RequestHeaders::Lines(lines) => lines.get(name),
+            RequestHeaders::Map(map) => map.get(name).map(http::HeaderValue::as_bytes),
+        }
+    }
+
+    /// The first value of the header `name` (lowercase) as a `HeaderValue`.
+    pub fn value(&self, name: &str) -> Option<http::HeaderValue> {
+        match self {
+            RequestHeaders::Lines(lines) => lines.value(name),
+            RequestHeaders::Map(map) => map.get(name).cloned(),
+        }
+    }
+
+    /// The headers as a map to change: lines become a map first.
+    pub fn map_mut(&mut self) -> &mut http::HeaderMap {
+        if let RequestHeaders::Lines(lines) = self {
+            *self = RequestHeaders::Map(lines.to_header_map());
+        }
+        match self {
+            RequestHeaders::Map(map) => map,
+            RequestHeaders::Lines(_) => unreachable!("made a map above"),
+        }
+    }
+
+    /// The headers as a map (built from the lines when they are lines).
+    pub fn to_map(&self) -> std::borrow::Cow<'_, http::HeaderMap> {
+        match self {
+            RequestHeaders::Lines(lines) => std::borrow::Cow::Owned(lines.to_header_map()),
+            RequestHeaders::Map(map) => std::borrow::Cow::Borrowed(map),
+        }
+    }
+}
+
 /// Whether a `Connection` header value carries the `close` token.
 pub(crate) fn says_close(value: &[u8]) -> bool {
     value

@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::body::Chunks;
 use crate::decode::PushApi;
+use crate::http::RequestHeaders;
 use crate::inspect::Inspection;
 use crate::App;
 
@@ -22,14 +23,37 @@ use crate::App;
 pub const TENANT_HEADER: &str = "x-scope-orgid";
 
 /// Returns the push's tenant: `X-Scope-OrgID`, or `default` when absent or empty.
-pub fn tenant_of(headers: &HeaderMap, default: &str) -> String {
+pub fn tenant_of(headers: &RequestHeaders, default: &str) -> String {
     headers
         .get(TENANT_HEADER)
-        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.iter().all(|&b| b == b'\t' || (32..127).contains(&b)))
+        .and_then(|v| std::str::from_utf8(v).ok())
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .unwrap_or(default)
         .to_owned()
+}
+
+/// A push request as the push policy needs it: its target and its headers.
+pub struct PushRequest {
+    /// Path and query, as sent.
+    pub target: http::uri::PathAndQuery,
+    /// The headers, as the push reader or hyper read them.
+    pub headers: RequestHeaders,
+}
+
+impl PushRequest {
+    /// A push as hyper read it.
+    pub fn from_parts(parts: http::request::Parts) -> PushRequest {
+        PushRequest {
+            target: parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            headers: RequestHeaders::Map(parts.headers),
+        }
+    }
 }
 
 /// Why a request body could not be read.
@@ -134,7 +158,7 @@ pub async fn push(State(app): State<App>, request: Request) -> Response {
     let limit = app.config().max_body_bytes;
     let timeout = app.config().raw.server.body_read_timeout;
     let declared = content_length(&parts.headers);
-    let (response, inspection) = push_with(&app, parts, move || {
+    let (response, inspection) = push_with(&app, PushRequest::from_parts(parts), move || {
         read_body_capped(declared, body, limit, timeout)
     })
     .await;
@@ -183,14 +207,14 @@ impl IntoResponse for PushAnswer {
 /// offers it to [`crate::inspect::Inspector::offer`] once the answer is written.
 pub async fn push_with<F, Fut>(
     app: &App,
-    mut parts: http::request::Parts,
+    mut request: PushRequest,
     read_body: F,
 ) -> (PushAnswer, Option<Inspection>)
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<Chunks, BodyError>>,
 {
-    if !authenticate(app, &mut parts.headers) {
+    if !authenticate_push(app, &mut request.headers) {
         app.metrics()
             .push_rejected
             .with_label_values(&["unauthorized"])
@@ -199,7 +223,7 @@ where
         record_status(app, denied.status(), &tracing::Span::none());
         return (PushAnswer::Ours(denied), None);
     }
-    let tenant = tenant_of(&parts.headers, &app.config().inspect.default_tenant);
+    let tenant = tenant_of(&request.headers, &app.config().inspect.default_tenant);
     // Debug level, like `forward` and `inspect`: the log layer's default `info` leaves them
     // unbuilt (building them formats their fields: about 17,000 instructions per push, 1.6
     // times the rest of the serving thread's work); a trace exporter still takes them
@@ -229,10 +253,9 @@ where
         let tenant_label = metrics.tenants.label(&tenant);
         metrics.push_bytes.with_label_values(&[tenant_label]).inc_by(body.len() as u64);
 
-        let path_and_query = parts.uri.path_and_query().map_or(parts.uri.path(), |pq| pq.as_str());
         let forwarded = app
             .forwarder()
-            .push(path_and_query, &parts.headers, body.clone()) // shares the chunks
+            .push(request.target.as_str(), &request.headers, body.clone()) // shares the chunks
             .instrument(tracing::debug_span!("forward"))
             .await;
         let mut inspection = None;
@@ -241,9 +264,9 @@ where
                 if !upstream.client_will_retry() {
                     inspection = Some(Inspection {
                         tenant,
-                        content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
-                        content_encoding: parts.headers.get(header::CONTENT_ENCODING).cloned(),
-                        api: PushApi::from_path(parts.uri.path()),
+                        content_type: request.headers.value("content-type"),
+                        content_encoding: request.headers.value("content-encoding"),
+                        api: PushApi::from_path(request.target.path()),
                         body,
                         span: this.clone(),
                     });
@@ -272,6 +295,20 @@ pub fn authenticate(app: &App, headers: &mut HeaderMap) -> bool {
         Verdict::Open => true,
         Verdict::Tenant(tenant) => {
             Authenticator::rewrite(headers, &tenant);
+            true
+        }
+        Verdict::Denied => false,
+    }
+}
+
+/// [`authenticate`] for a push's headers: they become a map only when a credential's tenant
+/// is set in them.
+fn authenticate_push(app: &App, headers: &mut RequestHeaders) -> bool {
+    use crate::auth::{Authenticator, Verdict};
+    match app.auth().check_authorization(headers.get("authorization")) {
+        Verdict::Open => true,
+        Verdict::Tenant(tenant) => {
+            Authenticator::rewrite(headers.map_mut(), &tenant);
             true
         }
         Verdict::Denied => false,

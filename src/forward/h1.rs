@@ -21,13 +21,14 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, StatusCode};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::Chunks;
+use crate::http::{HeadLines, RequestHeaders};
 
 /// Longest response head read from Loki.
 const MAX_HEAD: usize = 64 << 10;
@@ -40,56 +41,9 @@ pub(super) const MAX_ANSWER: usize = 4 << 20;
 #[derive(Debug)]
 pub(super) struct Answer {
     pub status: StatusCode,
-    pub head: AnswerHead,
+    /// The end-to-end header lines, as Loki wrote them.
+    pub head: HeadLines,
     pub body: Bytes,
-}
-
-/// Loki's answer head as it came: its bytes, and where the name and value of each end-to-end
-/// header line sit in them. The push reader writes the lines on to the agent as Loki wrote them
-/// ([`AnswerHead::lines`]); the router gets them as a `HeaderMap` ([`AnswerHead::to_header_map`]).
-/// Building a `HeaderMap` for every answer (a `HeaderName` and a checked `HeaderValue` per
-/// line, then dropping them) cost the serving thread more than parsing the head did.
-#[derive(Debug, Default)]
-pub struct AnswerHead {
-    bytes: Bytes,
-    /// Name and value ranges in `bytes` (a head is at most [`MAX_HEAD`] plus one read long).
-    /// Inline for Loki's usual answer (`Date` and a few more).
-    lines: smallvec::SmallVec<[[u32; 4]; 4]>,
-}
-
-impl AnswerHead {
-    /// The end-to-end header lines, name and value, in Loki's order and spelling. `httparse`
-    /// checked them: a name is a token, a value holds no CR, LF or other control character but
-    /// tab.
-    pub fn lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.lines.iter().map(|&[n0, n1, v0, v1]| {
-            (
-                &self.bytes[n0 as usize..n1 as usize],
-                &self.bytes[v0 as usize..v1 as usize],
-            )
-        })
-    }
-
-    /// The first value of the header `name` (compared without regard to case).
-    pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.lines()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v)
-    }
-
-    /// The lines as a `HeaderMap` (values are slices of the head, not copies).
-    pub fn to_header_map(&self) -> HeaderMap {
-        let mut headers = HeaderMap::with_capacity(self.lines.len());
-        for &[n0, n1, v0, v1] in &self.lines {
-            let name = HeaderName::from_bytes(&self.bytes[n0 as usize..n1 as usize]);
-            let value = HeaderValue::from_maybe_shared(self.bytes.slice(v0 as usize..v1 as usize));
-            // httparse accepts exactly the names and values these do.
-            if let (Ok(name), Ok(value)) = (name, value) {
-                headers.append(name, value);
-            }
-        }
-        headers
-    }
 }
 
 /// A connection waiting in a pool.
@@ -167,7 +121,7 @@ impl H1 {
         &self,
         method: &Method,
         path_and_query: &str,
-        headers: &HeaderMap,
+        headers: &RequestHeaders,
         auth: Option<&HeaderValue>,
         body: &Chunks,
     ) -> Result<Answer, H1Error> {
@@ -200,11 +154,11 @@ impl H1 {
         &self,
         method: &Method,
         path_and_query: &str,
-        headers: &HeaderMap,
+        headers: &RequestHeaders,
         auth: Option<&HeaderValue>,
         len: usize,
     ) -> Vec<u8> {
-        let mut head = Vec::with_capacity(128 + path_and_query.len() + 64 * headers.len());
+        let mut head = Vec::with_capacity(192 + path_and_query.len());
         head.extend_from_slice(method.as_str().as_bytes());
         head.push(b' ');
         head.extend_from_slice(self.prefix.as_bytes());
@@ -212,26 +166,40 @@ impl H1 {
         head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         head.extend_from_slice(self.host.as_bytes());
         head.extend_from_slice(b"\r\n");
-        // Header names and values cannot hold CR or LF (the http crate checks both).
-        let mut line = |name: &HeaderName, value: &HeaderValue| {
-            head.extend_from_slice(name.as_str().as_bytes());
+        // Header names and values cannot hold CR or LF (httparse and the http crate check both).
+        let mut line = |name: &[u8], value: &[u8]| {
+            head.extend_from_slice(name);
             head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(value);
             head.extend_from_slice(b"\r\n");
         };
-        let named = super::connection_named(
-            headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .map(HeaderValue::as_bytes),
-        );
-        for (name, value) in headers {
-            if super::is_end_to_end(name, &named) {
-                line(name, value);
+        let has_auth = match headers {
+            // The agent's lines as it wrote them.
+            RequestHeaders::Lines(lines) => {
+                let named = super::connection_named(lines.get_all("connection"));
+                for (name, value) in lines.lines() {
+                    if super::is_end_to_end_name(name, &named) {
+                        line(name, value);
+                    }
+                }
+                lines.get("authorization").is_some()
             }
-        }
-        if let Some(auth) = auth.filter(|_| !headers.contains_key(header::AUTHORIZATION)) {
-            line(&header::AUTHORIZATION, auth);
+            RequestHeaders::Map(map) => {
+                let named = super::connection_named(
+                    map.get_all(header::CONNECTION)
+                        .iter()
+                        .map(HeaderValue::as_bytes),
+                );
+                for (name, value) in map {
+                    if super::is_end_to_end(name, &named) {
+                        line(name.as_str().as_bytes(), value.as_bytes());
+                    }
+                }
+                map.contains_key(header::AUTHORIZATION)
+            }
+        };
+        if let Some(auth) = auth.filter(|_| !has_auth) {
+            line(b"authorization", auth.as_bytes());
         }
         head.extend_from_slice(b"content-length: ");
         head.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
@@ -358,7 +326,7 @@ async fn fill(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), H1Error>
 struct Head {
     status: StatusCode,
     /// The end-to-end header lines (hop-by-hop ones and those `Connection` names dropped).
-    lines: AnswerHead,
+    lines: HeadLines,
     /// HTTP/1.1 without `Connection: close`.
     keep_alive: bool,
     framing: Framing,
@@ -398,28 +366,15 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
         named("content-length"),
     )?;
     let connection_named = super::connection_named(named("connection"));
-    let mut kept = smallvec::SmallVec::with_capacity(lines.len());
+    let mut kept = crate::http::LineRanges::new();
     for h in lines {
-        if !super::is_end_to_end_name(h.name.as_bytes(), &connection_named) {
-            continue;
+        if super::is_end_to_end_name(h.name.as_bytes(), &connection_named) {
+            kept.push(crate::http::line_range(buf, h));
         }
-        let name = crate::http::range_in(buf, h.name.as_bytes());
-        let value = crate::http::range_in(buf, h.value);
-        // Within the head, which is shorter than `u32::MAX` (at most one read past MAX_HEAD).
-        #[allow(clippy::cast_possible_truncation)]
-        kept.push([
-            name.start as u32,
-            name.end as u32,
-            value.start as u32,
-            value.end as u32,
-        ]);
     }
     Ok(Some(Head {
         status,
-        lines: AnswerHead {
-            bytes: buf.split_to(len).freeze(),
-            lines: kept,
-        },
+        lines: HeadLines::new(buf.split_to(len).freeze(), kept),
         keep_alive,
         framing,
     }))
@@ -512,6 +467,7 @@ async fn read_line(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Bytes, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
@@ -591,7 +547,7 @@ mod tests {
             .send(
                 &Method::POST,
                 "/loki/api/v1/push?x=%20",
-                &headers,
+                &RequestHeaders::Map(headers.clone()),
                 None,
                 &pushed,
             )
@@ -601,7 +557,13 @@ mod tests {
         assert_eq!(a.head.get("x-loki"), Some(&b"a"[..]));
         assert!(a.body.is_empty());
         let a = h1
-            .send(&Method::POST, "/p", &headers, None, &pushed)
+            .send(
+                &Method::POST,
+                "/p",
+                &RequestHeaders::Map(headers.clone()),
+                None,
+                &pushed,
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -609,7 +571,13 @@ mod tests {
             (400, &b"entry too ol"[..])
         );
         let a = h1
-            .send(&Method::POST, "/p", &headers, None, &pushed)
+            .send(
+                &Method::POST,
+                "/p",
+                &RequestHeaders::Map(headers.clone()),
+                None,
+                &pushed,
+            )
             .await
             .unwrap();
         assert_eq!((a.status.as_u16(), &a.body[..]), (429, &b"slow down"[..]));
@@ -646,7 +614,13 @@ mod tests {
             headers.insert(name, HeaderValue::from_static(value));
         }
         let a = h1
-            .send(&Method::POST, "/p", &headers, Some(&auth), &body(&[b"x"]))
+            .send(
+                &Method::POST,
+                "/p",
+                &RequestHeaders::Map(headers.clone()),
+                Some(&auth),
+                &body(&[b"x"]),
+            )
             .await
             .unwrap();
         let kept: Vec<_> = a.head.lines().collect();
@@ -656,9 +630,15 @@ mod tests {
             "Loki's hop-by-hop headers are dropped, the rest kept as Loki wrote them"
         );
         headers.insert("authorization", HeaderValue::from_static("Bearer agent"));
-        h1.send(&Method::POST, "/p", &headers, Some(&auth), &body(&[b"x"]))
-            .await
-            .unwrap();
+        h1.send(
+            &Method::POST,
+            "/p",
+            &RequestHeaders::Map(headers.clone()),
+            Some(&auth),
+            &body(&[b"x"]),
+        )
+        .await
+        .unwrap();
         let seen = seen.await.unwrap();
         assert_eq!(
             String::from_utf8_lossy(&seen[0]),
@@ -672,6 +652,51 @@ mod tests {
         assert!(
             !second.contains("Basic"),
             "the agent's own credential wins: {second}"
+        );
+    }
+
+    /// The header lines of `raw`, a request head, as the push reader keeps them.
+    fn lines(raw: &'static [u8]) -> RequestHeaders {
+        let mut parsed = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut parsed);
+        let httparse::Status::Complete(len) = request.parse(raw).unwrap() else {
+            panic!("not a whole head");
+        };
+        let ranges = request
+            .headers
+            .iter()
+            .map(|h| crate::http::line_range(raw, h))
+            .collect();
+        RequestHeaders::Lines(HeadLines::new(Bytes::from_static(&raw[..len]), ranges))
+    }
+
+    #[tokio::test]
+    async fn the_agents_lines_go_up_as_it_wrote_them_but_the_hop_by_hop_ones() {
+        let (addr, seen) = upstream(vec![
+            &b"HTTP/1.1 204 No Content\r\n\r\n"[..],
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        ])
+        .await;
+        let h1 = client(&addr, "");
+        let auth = HeaderValue::from_static("Basic dTpw");
+        let headers = lines(b"POST /p HTTP/1.1\r\nHost: proxy:3101\r\nConnection: Keep-Alive, X-Secret-Hop\r\nX-Secret-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nContent-Type: application/x-protobuf\r\nContent-Length: 999\r\nX-Scope-OrgID: acme\r\nUser-Agent: promtail/2.8.0\r\n\r\n");
+        h1.send(&Method::POST, "/p", &headers, Some(&auth), &body(&[b"x"]))
+            .await
+            .unwrap();
+        let own =
+            lines(b"POST /p HTTP/1.1\r\nAuthorization: Bearer agent\r\nContent-Length: 1\r\n\r\n");
+        h1.send(&Method::POST, "/p", &own, Some(&auth), &body(&[b"y"]))
+            .await
+            .unwrap();
+        let seen = seen.await.unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&seen[0]),
+            format!("POST /p HTTP/1.1\r\nhost: {addr}\r\nContent-Type: application/x-protobuf\r\nX-Scope-OrgID: acme\r\nUser-Agent: promtail/2.8.0\r\nauthorization: Basic dTpw\r\ncontent-length: 1\r\n\r\nx")
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&seen[1]),
+            format!("POST /p HTTP/1.1\r\nhost: {addr}\r\nAuthorization: Bearer agent\r\ncontent-length: 1\r\n\r\ny"),
+            "the agent's own credential goes up, and not ours"
         );
     }
 
@@ -694,18 +719,36 @@ mod tests {
         let h1 = client(&addr, "");
         let one = body(&[b"x"]);
         let a = h1
-            .send(&Method::POST, "/p", &HeaderMap::new(), None, &one)
+            .send(
+                &Method::POST,
+                "/p",
+                &RequestHeaders::Map(HeaderMap::new()),
+                None,
+                &one,
+            )
             .await
             .unwrap();
         assert_eq!((a.status.as_u16(), &a.body[..]), (500, &b"boom"[..]));
         // Each answer needed a new connection (the server accepts once per answer).
         let a = h1
-            .send(&Method::POST, "/p", &HeaderMap::new(), None, &one)
+            .send(
+                &Method::POST,
+                "/p",
+                &RequestHeaders::Map(HeaderMap::new()),
+                None,
+                &one,
+            )
             .await
             .unwrap();
         assert_eq!(a.status, StatusCode::NO_CONTENT);
         let a = h1
-            .send(&Method::POST, "/p", &HeaderMap::new(), None, &one)
+            .send(
+                &Method::POST,
+                "/p",
+                &RequestHeaders::Map(HeaderMap::new()),
+                None,
+                &one,
+            )
             .await
             .unwrap();
         assert_eq!(&a.body[..], b"ok");
@@ -733,12 +776,24 @@ mod tests {
         });
         let h1 = client(&addr, "");
         let one = body(&[b"x"]);
-        h1.send(&Method::POST, "/p", &HeaderMap::new(), None, &one)
-            .await
-            .unwrap();
+        h1.send(
+            &Method::POST,
+            "/p",
+            &RequestHeaders::Map(HeaderMap::new()),
+            None,
+            &one,
+        )
+        .await
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let a = h1
-            .send(&Method::POST, "/p", &HeaderMap::new(), None, &one)
+            .send(
+                &Method::POST,
+                "/p",
+                &RequestHeaders::Map(HeaderMap::new()),
+                None,
+                &one,
+            )
             .await
             .unwrap();
         assert_eq!(a.status, StatusCode::NO_CONTENT);
@@ -769,7 +824,13 @@ mod tests {
             let (addr, _seen) = upstream(vec![answer]).await;
             let h1 = client(&addr, "");
             let e = h1
-                .send(&Method::POST, "/p", &HeaderMap::new(), None, &body(&[b"x"]))
+                .send(
+                    &Method::POST,
+                    "/p",
+                    &RequestHeaders::Map(HeaderMap::new()),
+                    None,
+                    &body(&[b"x"]),
+                )
                 .await
                 .unwrap_err()
                 .to_string();
@@ -784,7 +845,13 @@ mod tests {
             l.local_addr().unwrap().to_string()
         };
         let e = client(&addr, "")
-            .send(&Method::POST, "/p", &HeaderMap::new(), None, &body(&[b"x"]))
+            .send(
+                &Method::POST,
+                "/p",
+                &RequestHeaders::Map(HeaderMap::new()),
+                None,
+                &body(&[b"x"]),
+            )
             .await
             .unwrap_err();
         assert!(matches!(e, H1Error::Connect(_)), "{e}");

@@ -25,8 +25,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode, Uri, Version};
+use http::header;
+use http::StatusCode;
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -34,7 +34,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::body::Chunks;
-use crate::ingest::{push_with, BodyError, PushAnswer};
+use crate::http::{HeadLines, LineRanges, RequestHeaders};
+use crate::ingest::{push_with, BodyError, PushAnswer, PushRequest};
 use crate::App;
 
 /// A connection's first read buffer: room for a push's head and, for ordinary batches, its body.
@@ -59,7 +60,7 @@ pub(super) enum Served<IO> {
 
 /// A push's request head, as the push policy needs it.
 struct PushHead {
-    parts: http::request::Parts,
+    request: PushRequest,
     /// The declared body length.
     content_length: u64,
     /// False when the client sent `Connection: close`.
@@ -149,7 +150,7 @@ where
         let limit = app.config().max_body_bytes;
         let (response, inspection) = if head.content_length > limit as u64 {
             // Refused before reading: the unread body ends the connection after the answer.
-            push_with(app, head.parts, || async move {
+            push_with(app, head.request, || async move {
                 Err(BodyError::TooLarge { limit })
             })
             .await
@@ -158,7 +159,7 @@ where
             let len = head.content_length as usize;
             let timeout = settings.body_read_timeout;
             let (io, buf, body_read) = (&mut io, &mut buf, &mut body_read);
-            push_with(app, head.parts, move || async move {
+            push_with(app, head.request, move || async move {
                 let body = read_body(io, buf, len, timeout).await;
                 *body_read = body.is_ok();
                 body
@@ -204,13 +205,14 @@ fn next_buffer(buf: &mut BytesMut, last_request: usize) -> Option<BytesMut> {
 }
 
 /// Parses the head at the start of `buf`, and says whether it is a push this reader serves; a
-/// push's head is taken out of `buf` (its header values are slices of it, not copies).
+/// push's head is taken out of `buf` and kept as it came, its header lines as ranges in it
+/// ([`HeadLines`]), not copies and not an `http::HeaderMap`.
 fn parse_head(buf: &mut BytesMut) -> Head {
     if buf.is_empty() {
         return Head::Partial;
     }
     // Checked on the parsed slices, before anything is taken out of `buf`.
-    let (len, target, kept, content_length, keep_alive) = {
+    let (len, target, lines, content_length, keep_alive) = {
         let mut lines = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut []);
         let len = match request.parse_with_uninit_headers(buf, &mut lines) {
@@ -226,17 +228,17 @@ fn parse_head(buf: &mut BytesMut) -> Head {
         if !PUSH_PATHS.contains(&path) {
             return Head::Other;
         }
-        // Each header's name and where its value sits in `buf`.
-        // Inline for a usual push (Promtail and Alloy send about six lines).
-        let mut kept: smallvec::SmallVec<[_; 16]> =
-            smallvec::SmallVec::with_capacity(request.headers.len());
+        let mut kept = LineRanges::new();
         let mut content_length = None;
         let mut keep_alive = true;
         for h in request.headers.iter() {
-            let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+            let name = h.name.as_bytes();
+            // What `HeaderValue` refuses (a control character but tab) goes to hyper, bytes as
+            // they came.
+            if !h.value.iter().all(|&b| b == b'\t' || (b >= 32 && b != 127)) {
                 return Head::Other;
-            };
-            if name == header::CONTENT_LENGTH {
+            }
+            if name.eq_ignore_ascii_case(b"content-length") {
                 let n = std::str::from_utf8(h.value)
                     .ok()
                     .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
@@ -246,15 +248,15 @@ fn parse_head(buf: &mut BytesMut) -> Head {
                     // Repeated or malformed: hyper's rules apply.
                     _ => return Head::Other,
                 }
-            } else if name == header::TRANSFER_ENCODING
-                || name == header::EXPECT
-                || name == header::UPGRADE
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+                || name.eq_ignore_ascii_case(b"expect")
+                || name.eq_ignore_ascii_case(b"upgrade")
             {
                 return Head::Other;
-            } else if name == header::CONNECTION && crate::http::says_close(h.value) {
+            } else if name.eq_ignore_ascii_case(b"connection") && crate::http::says_close(h.value) {
                 keep_alive = false;
             }
-            kept.push((name, crate::http::range_in(buf, h.value)));
+            kept.push(crate::http::line_range(buf, h));
         }
         let Some(content_length) = content_length else {
             return Head::Other;
@@ -263,26 +265,14 @@ fn parse_head(buf: &mut BytesMut) -> Head {
         (len, target, kept, content_length, keep_alive)
     };
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(kept.len());
-    for (name, value) in kept {
-        match HeaderValue::from_maybe_shared(head.slice(value)) {
-            Ok(value) => {
-                headers.append(name, value);
-            }
-            // A control character in a value: hyper gets the request, bytes as they came.
-            Err(_) => return Head::Taken(head),
-        }
-    }
-    let Ok(uri) = Uri::from_maybe_shared(head.slice(target)) else {
+    let Ok(target) = http::uri::PathAndQuery::from_maybe_shared(head.slice(target)) else {
         return Head::Taken(head);
     };
-    let (mut parts, ()) = http::Request::new(()).into_parts();
-    parts.method = Method::POST;
-    parts.uri = uri;
-    parts.version = Version::HTTP_11;
-    parts.headers = headers;
     Head::Push(PushHead {
-        parts,
+        request: PushRequest {
+            target,
+            headers: RequestHeaders::Lines(HeadLines::new(head, lines)),
+        },
         content_length,
         keep_alive,
     })
@@ -318,22 +308,25 @@ pub fn check_head(input: &[u8]) {
                 Ok(httparse::Status::Complete(consumed)),
                 "the head taken is not one whole head"
             );
-            assert_eq!(request.headers.len(), push.parts.headers.len());
-            for line in request.headers.iter() {
-                assert!(
-                    push.parts
-                        .headers
-                        .get_all(line.name)
-                        .iter()
-                        .any(|v| v.as_bytes() == line.value),
-                    "header {} changed",
-                    line.name
-                );
-            }
-            let declared =
-                std::str::from_utf8(push.parts.headers[header::CONTENT_LENGTH].as_bytes())
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok());
+            let RequestHeaders::Lines(lines) = &push.request.headers else {
+                panic!("the push reader's headers are not its lines");
+            };
+            let sent: Vec<(&[u8], &[u8])> = request
+                .headers
+                .iter()
+                .map(|h| (h.name.as_bytes(), h.value))
+                .collect();
+            let kept: Vec<(&[u8], &[u8])> = lines.lines().collect();
+            assert_eq!(kept, sent, "the header lines are not the ones sent");
+            assert_eq!(
+                request.path,
+                Some(push.request.target.as_str()),
+                "the target changed"
+            );
+            let declared = lines
+                .get("content-length")
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.parse::<u64>().ok());
             assert_eq!(
                 declared,
                 Some(push.content_length),
@@ -601,6 +594,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewound<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     const PUSH: &[u8] = b"POST /loki/api/v1/push?x=1 HTTP/1.1\r\nHost: loki\r\nContent-Type: application/x-protobuf\r\nX-Scope-OrgID: t1\r\nX-Odd: caf\xe9\r\nContent-Length: 4\r\n\r\nbody";
 
@@ -622,13 +616,21 @@ mod tests {
         assert_eq!(&buf[..], b"body");
         assert_eq!(head.content_length, 4);
         assert!(head.keep_alive);
-        assert_eq!(head.parts.uri, "/loki/api/v1/push?x=1");
-        let headers = &head.parts.headers;
-        assert_eq!(headers.len(), 5);
-        assert_eq!(headers["host"], "loki");
-        assert_eq!(headers["x-scope-orgid"], "t1");
-        assert_eq!(headers["x-odd"].as_bytes(), b"caf\xe9");
-        assert_eq!(headers["content-length"], "4");
+        assert_eq!(head.request.target, "/loki/api/v1/push?x=1");
+        let RequestHeaders::Lines(lines) = &head.request.headers else {
+            panic!("not the lines as sent");
+        };
+        let lines: Vec<(&[u8], &[u8])> = lines.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                (&b"Host"[..], &b"loki"[..]),
+                (b"Content-Type", b"application/x-protobuf"),
+                (b"X-Scope-OrgID", b"t1"),
+                (b"X-Odd", b"caf\xe9"),
+                (b"Content-Length", b"4"),
+            ]
+        );
     }
 
     #[test]
