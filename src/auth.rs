@@ -193,11 +193,7 @@ impl Authenticator {
         if !self.enabled {
             return Verdict::Open;
         }
-        // Visible ASCII only, as `HeaderValue::to_str` takes.
-        let Some(value) = value
-            .filter(|v| v.iter().all(|&b| b == b'\t' || (32..127).contains(&b)))
-            .and_then(|v| std::str::from_utf8(v).ok())
-        else {
+        let Some(value) = value.and_then(crate::http::visible_ascii) else {
             return Verdict::Denied;
         };
         let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value, ""));

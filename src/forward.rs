@@ -615,6 +615,30 @@ mod tests {
     use http::HeaderValue;
 
     #[test]
+    fn a_name_as_sent_is_hop_by_hop_exactly_when_its_header_name_is() {
+        let named = [HeaderName::from_static("x-secret-hop")];
+        for name in HOP_BY_HOP.into_iter().chain([
+            "content-type",
+            "x-scope-orgid",
+            "authorization",
+            "x-secret-hop",
+            "user-agent",
+            "tee",
+            "keep-alives",
+        ]) {
+            let header = HeaderName::from_static(name);
+            let expected = is_end_to_end(&header, &named);
+            for spelled in [name.to_owned(), name.to_ascii_uppercase()] {
+                assert_eq!(
+                    is_end_to_end_name(spelled.as_bytes(), &named),
+                    expected,
+                    "{spelled}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn hop_by_hop_and_connection_named_headers_are_dropped() {
         let mut h = HeaderMap::new();
         h.insert(

@@ -71,16 +71,6 @@ impl HeadLines {
         })
     }
 
-    /// How many lines there are.
-    pub fn len(&self) -> usize {
-        self.lines.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.lines.is_empty()
-    }
-
     /// The values of the header `name` (compared without regard to case), in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.lines()
@@ -163,6 +153,16 @@ impl RequestHeaders {
             RequestHeaders::Lines(lines) => std::borrow::Cow::Owned(lines.to_header_map()),
             RequestHeaders::Map(map) => std::borrow::Cow::Borrowed(map),
         }
+    }
+}
+
+/// A header value as text when it holds only visible ASCII and tabs, as
+/// `http::HeaderValue::to_str` takes it.
+pub fn visible_ascii(value: &[u8]) -> Option<&str> {
+    if value.iter().all(|&b| b == b'\t' || (32..127).contains(&b)) {
+        std::str::from_utf8(value).ok()
+    } else {
+        None
     }
 }
 

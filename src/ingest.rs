@@ -26,8 +26,7 @@ pub const TENANT_HEADER: &str = "x-scope-orgid";
 pub fn tenant_of(headers: &RequestHeaders, default: &str) -> String {
     headers
         .get(TENANT_HEADER)
-        .filter(|v| v.iter().all(|&b| b == b'\t' || (32..127).contains(&b)))
-        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(crate::http::visible_ascii)
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .unwrap_or(default)
