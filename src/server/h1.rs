@@ -225,7 +225,9 @@ fn parse_head(buf: &mut BytesMut) -> Head {
             return Head::Other;
         };
         let path = target.split_once('?').map_or(target, |(p, _)| p);
-        if !PUSH_PATHS.contains(&path) {
+        // A fragment is no part of a request target; `PathAndQuery` would drop it, so a target
+        // carrying one goes to hyper as sent rather than up changed.
+        if !PUSH_PATHS.contains(&path) || target.contains('#') {
             return Head::Other;
         }
         let mut kept = LineRanges::new();
@@ -719,7 +721,7 @@ mod tests {
 
     #[test]
     fn other_requests_are_left_whole_for_hyper() {
-        let others: [&[u8]; 13] = [
+        let others: [&[u8]; 15] = [
             b"GET /loki/api/v1/push HTTP/1.1\r\n\r\n",
             b"POST /loki/api/v1/query HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
             b"POST /loki/api/v1/push HTTP/1.0\r\nContent-Length: 0\r\n\r\n",
@@ -733,6 +735,8 @@ mod tests {
             b"POST http://loki/loki/api/v1/push HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
             b"POST /loki/api/v1/push HTTP/1.1\r\nX-Bad: a\x01b\r\nContent-Length: 0\r\n\r\n",
             b"\x16\x03\x01\x02\x00\x01\xfc\x03\x03",
+            b"POST /loki/api/v1/push#x HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"POST /api/prom/push?#ush0 HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
         ];
         for other in others {
             let mut buf = BytesMut::from(other);
@@ -753,6 +757,8 @@ mod tests {
             b"POST /loki/api/v1/push HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         );
         check_head(b"\x16\x03\x01");
+        // Found by the fuzzer: a fragment in the target, which `PathAndQuery` drops.
+        check_head(b"POST /api/prom/push?#ush0 HTTP/1.1\r\nHost: l\xcf\xcf\r\nContent-Length:5\r\n\r\nel\0\0\0");
     }
 
     /// Loki's answer goes out with its status, headers and body bytes: with its length when
