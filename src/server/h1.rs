@@ -267,8 +267,11 @@ fn parse_head(buf: &mut BytesMut) -> Head {
         (len, target, kept, content_length, keep_alive)
     };
     let head = buf.split_to(len).freeze();
-    let Ok(target) = http::uri::PathAndQuery::from_maybe_shared(head.slice(target)) else {
-        return Head::Taken(head);
+    // Forwarded only as sent: a target `PathAndQuery` refuses or would spell otherwise (it drops
+    // a fragment, for one) goes to hyper with the head.
+    let target = match http::uri::PathAndQuery::from_maybe_shared(head.slice(target.clone())) {
+        Ok(parsed) if parsed.as_str().as_bytes() == &head[target] => parsed,
+        _ => return Head::Taken(head),
     };
     Head::Push(PushHead {
         request: PushRequest {
