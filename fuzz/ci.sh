@@ -8,7 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 seconds="${FUZZ_SECONDS:-20}"
 export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
-targets=(decode_protobuf decode_json labels rule_file line_parsers request_head)
+targets=(decode_protobuf decode_json labels rule_file line_parsers request_head answer)
 cargo fuzz build -O --fuzz-dir .
 log="$(mktemp)"
 for t in "${targets[@]}"; do

@@ -545,6 +545,28 @@ impl Forwarder {
     }
 }
 
+/// Reads Loki's answer to a push from `stream` as the push client does (interim answers
+/// skipped, the body read whole), for [`crate::server::check_answer`] and its fuzz target.
+///
+/// # Errors
+/// What the push client would answer 502 for, as text.
+#[doc(hidden)]
+pub async fn read_push_answer<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<UpstreamResponse, String> {
+    let (answer, _) = h1::read_answer(stream, &Method::POST)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(UpstreamResponse {
+        status: answer.status,
+        inner: Answer::Whole {
+            head: answer.head,
+            body: answer.body,
+        },
+        idle: Duration::from_secs(1),
+    })
+}
+
 pin_project_lite::pin_project! {
     /// A response body that fails when the next piece takes longer than `idle` to arrive (the
     /// bound reqwest's `read_timeout` gave). The timer is only armed while a read is pending,

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 mod h1;
 
 #[doc(hidden)]
-pub use h1::check_head;
+pub use h1::{check_answer, check_head};
 
 use crate::forward::Route;
 use crate::ingest::{push, read_body_capped};

@@ -23,7 +23,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{Method, StatusCode};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -256,7 +256,10 @@ enum Framing {
 }
 
 /// Reads one answer; returns it and whether the connection can carry another request.
-async fn read_answer(stream: &mut TcpStream, method: &Method) -> Result<(Answer, bool), H1Error> {
+pub(super) async fn read_answer<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    method: &Method,
+) -> Result<(Answer, bool), H1Error> {
     let mut buf = BytesMut::with_capacity(4096);
     let head = loop {
         if buf.is_empty() {
@@ -313,7 +316,7 @@ async fn read_answer(stream: &mut TcpStream, method: &Method) -> Result<(Answer,
 }
 
 /// Reads more bytes into `buf`; the connection closing here is an error.
-async fn fill(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), H1Error> {
+async fn fill<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Result<(), H1Error> {
     buf.reserve(4096);
     match stream.read_buf(buf).await {
         Ok(0) => Err(H1Error::Closed),
@@ -422,7 +425,10 @@ fn framing<'a>(
 const MAX_LINE: usize = 4096;
 
 /// Reads a chunked body (RFC 9112 §7.1) whole; trailers are read and dropped.
-async fn read_chunked(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Bytes, H1Error> {
+async fn read_chunked<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Bytes, H1Error> {
     let mut out = BytesMut::new();
     loop {
         let line = read_line(stream, buf).await?;
@@ -450,7 +456,10 @@ async fn read_chunked(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Byte
 }
 
 /// Takes one CRLF-terminated line off `buf`, reading more as needed; returns it without CRLF.
-async fn read_line(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Bytes, H1Error> {
+async fn read_line<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Bytes, H1Error> {
     loop {
         if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
             let line = buf.split_to(end).freeze();

@@ -385,6 +385,139 @@ async fn read_body<IO: AsyncRead + Unpin>(
     }
 }
 
+/// Reads `input` as Loki's answer to a push, writes it to an agent as the push reader does,
+/// and panics when what the agent would read is not Loki's answer (for the fuzz target
+/// `answer`): the final status as Loki sent it, Loki's end-to-end header lines as it wrote them
+/// and in its order, then `date` (only when Loki sent none) and `content-length`, and exactly
+/// the body read, which for an answer with a `Content-Length` is the bytes that followed its
+/// head. An answer the push client refuses is a 502 and is not checked further: returns
+/// whether the answer was written and checked.
+#[doc(hidden)]
+pub fn check_answer(input: &[u8]) -> bool {
+    let Ok(upstream) = at_once(crate::forward::read_push_answer(&mut &input[..])) else {
+        return false;
+    };
+    let mut out = Vec::new();
+    at_once(write_answer(&mut out, PushAnswer::Loki(upstream), true)).expect("written to memory");
+
+    // Loki's final head, read apart from the push client: interim (1xx but 101) heads skipped.
+    let mut at = 0;
+    let (status, sent, declared, head_end) = loop {
+        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut lines);
+        let Ok(httparse::Status::Complete(len)) = response.parse(&input[at..]) else {
+            panic!("an answer was read from bytes without a whole head");
+        };
+        let code = response.code.expect("a whole head has a status");
+        if (100..200).contains(&code) && code != 101 {
+            at += len;
+            continue;
+        }
+        let named = |wanted: &str| {
+            response
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(wanted))
+                .map(|h| h.value.to_vec())
+                .collect::<Vec<_>>()
+        };
+        let listed: Vec<String> = named("connection")
+            .iter()
+            .flat_map(|v| {
+                v.split(|&b| b == b',')
+                    .map(|t| t.trim_ascii().to_ascii_lowercase())
+            })
+            .map(|t| String::from_utf8_lossy(&t).into_owned())
+            .collect();
+        let hop = [
+            "connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "host",
+            "content-length",
+            "keep-alive",
+            "proxy-connection",
+        ];
+        let sent: Vec<(Vec<u8>, Vec<u8>)> = response
+            .headers
+            .iter()
+            .filter(|h| {
+                let name = h.name.to_ascii_lowercase();
+                !hop.contains(&name.as_str()) && !listed.contains(&name)
+            })
+            .map(|h| (h.name.as_bytes().to_vec(), h.value.to_vec()))
+            .collect();
+        let declared = match (
+            named("transfer-encoding").is_empty(),
+            named("content-length").first(),
+        ) {
+            (true, Some(v)) => std::str::from_utf8(v)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok()),
+            _ => None,
+        };
+        break (code, sent, declared, at + len);
+    };
+
+    let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS + 2];
+    let mut written = httparse::Response::new(&mut lines);
+    let Ok(httparse::Status::Complete(len)) = written.parse(&out) else {
+        panic!(
+            "the agent cannot read the head written: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+    };
+    assert_eq!(written.code, Some(status), "the status changed");
+    let got: Vec<(Vec<u8>, Vec<u8>)> = written
+        .headers
+        .iter()
+        .map(|h| (h.name.as_bytes().to_vec(), h.value.to_vec()))
+        .collect();
+    let body = &out[len..];
+    let bodiless = (100..200).contains(&status) || status == 204 || status == 304;
+    let mut expected = sent.clone();
+    if !sent.iter().any(|(n, _)| n.eq_ignore_ascii_case(b"date")) {
+        let date = got
+            .iter()
+            .find(|(n, _)| n == b"date")
+            .expect("a date added");
+        expected.push(date.clone());
+    }
+    if !bodiless {
+        expected.push((
+            b"content-length".to_vec(),
+            body.len().to_string().into_bytes(),
+        ));
+    } else {
+        assert!(body.is_empty(), "a body written after a {status}");
+    }
+    assert_eq!(got, expected, "the header lines are not Loki's");
+    if let (Some(n), false) = (declared, bodiless) {
+        assert_eq!(
+            body,
+            &input[head_end..head_end + n],
+            "the body is not the bytes Loki sent"
+        );
+    }
+    true
+}
+
+/// Runs a future that never waits (it reads and writes memory) to its end.
+fn at_once<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(std::task::Waker::noop()))
+    {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("reading and writing memory waited"),
+    }
+}
+
 /// Writes a push's answer. Loki's, when the push client read it whole (the usual case), goes
 /// line for line as Loki wrote its head (only the hop-by-hop lines left out) with its body's
 /// exact length, without building a `HeaderMap`; any other through [`write_response`].
@@ -762,6 +895,42 @@ mod tests {
         check_head(b"\x16\x03\x01");
         // Found by the fuzzer: a fragment in the target, which `PathAndQuery` drops.
         check_head(b"POST /api/prom/push?#ush0 HTTP/1.1\r\nHost: l\xcf\xcf\r\nContent-Length:5\r\n\r\nel\0\0\0");
+    }
+
+    #[test]
+    fn the_answer_check_holds_for_every_shape_here() {
+        let answers: [&[u8]; 9] = [
+            b"HTTP/1.1 204 No Content\r\nDate: Sun, 29 Nov 2026 05:00:00 GMT\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: 21\r\n\r\nentry too far behind\n",
+            b"HTTP/1.1 429 Too Many Requests\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nslow \r\n4;x=y\r\ndown\r\n0\r\nTrailer: t\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n",
+            b"HTTP/1.1 500 Internal Server Error\r\nConnection: x-hop, close\r\nX-Hop: dropped\r\nX-Kept: kept\r\nContent-Length: 3\r\n\r\nbad",
+            b"HTTP/1.0 503 Service Unavailable\r\nX-Obs: caf\xc3\xa9 \xff\r\n\r\nuntil the connection closes",
+            b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 599 Whatever\r\nContent-Length: 2\r\n\r\nokEXTRA",
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n",
+        ];
+        for answer in answers {
+            assert!(
+                check_answer(answer),
+                "{:?}",
+                String::from_utf8_lossy(answer)
+            );
+        }
+        // Refused (a 502 of ours), never written: checked only for not panicking.
+        for refused in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n",
+            b"garbage",
+            b"",
+        ] {
+            assert!(
+                !check_answer(refused),
+                "{:?}",
+                String::from_utf8_lossy(refused)
+            );
+        }
     }
 
     /// Loki's answer goes out with its status, headers and body bytes: with its length when
