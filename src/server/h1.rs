@@ -429,6 +429,8 @@ pub fn check_answer(input: &[u8]) -> bool {
             })
             .map(|t| String::from_utf8_lossy(&t).into_owned())
             .collect();
+        // Written out here rather than taken from `forward`: the check must not share the list
+        // it checks (RFC 9110 §7.6.1's hop-by-hop fields, plus the framing and `host`).
         let hop = [
             "connection",
             "proxy-authenticate",
@@ -917,7 +919,7 @@ mod tests {
                 String::from_utf8_lossy(answer)
             );
         }
-        // Refused (a 502 of ours), never written: checked only for not panicking.
+        // Refused (a 502 of ours), never written: the check returns false and does not panic.
         for refused in [
             &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab"[..],
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
