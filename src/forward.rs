@@ -199,6 +199,18 @@ pub struct UpstreamResponse {
 pub use crate::http::HeadLines;
 
 impl UpstreamResponse {
+    /// An answer the push client read whole.
+    fn whole(answer: h1::Answer, idle: Duration) -> UpstreamResponse {
+        UpstreamResponse {
+            status: answer.status,
+            inner: Answer::Whole {
+                head: answer.head,
+                body: answer.body,
+            },
+            idle,
+        }
+    }
+
     /// Returns true when Promtail and Alloy will resend the batch (429 and any 5xx), so the push
     /// must not be inspected now: it will be inspected when it is finally accepted.
     pub fn client_will_retry(&self) -> bool {
@@ -529,14 +541,7 @@ impl Forwarder {
         match tokio::time::timeout(self.timeout, sent).await {
             Ok(Ok(answer)) => {
                 self.observe(Route::Push, started);
-                Ok(UpstreamResponse {
-                    status: answer.status,
-                    inner: Answer::Whole {
-                        head: answer.head,
-                        body: answer.body,
-                    },
-                    idle: self.timeout,
-                })
+                Ok(UpstreamResponse::whole(answer, self.timeout))
             }
             // The error names the upstream's host and port at most, never its credentials.
             Ok(Err(e)) => Err(self.failed(ForwardError::Unreachable(e.to_string()))),
@@ -557,14 +562,7 @@ pub async fn read_push_answer<S: tokio::io::AsyncRead + Unpin>(
     let (answer, _) = h1::read_answer(stream, &Method::POST)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(UpstreamResponse {
-        status: answer.status,
-        inner: Answer::Whole {
-            head: answer.head,
-            body: answer.body,
-        },
-        idle: Duration::from_secs(1),
-    })
+    Ok(UpstreamResponse::whole(answer, Duration::from_secs(1)))
 }
 
 pin_project_lite::pin_project! {
