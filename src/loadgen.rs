@@ -63,6 +63,12 @@ pub struct LoadgenArgs {
     /// Share of lines that are attack traffic (SSH brute force from planted addresses).
     #[arg(long, default_value_t = 0.0)]
     pub attack_share: f64,
+    /// Distinct addresses the attack lines cycle through: the first four are [`ATTACKERS`],
+    /// the rest IPv6 documentation addresses (`2001:db8::…`), one per index. A large number
+    /// spreads the attack so thin that few addresses reach a rule's threshold: it measures
+    /// what a distributed brute force costs in tracked keys and memory.
+    #[arg(long, default_value_t = ATTACKERS.len(), value_parser = parse_attackers)]
+    pub attackers: usize,
     /// Run id written into every line and label, so runs can be told apart.
     #[arg(long, default_value = "lg")]
     pub run_id: String,
@@ -165,6 +171,28 @@ pub const ATTACKERS: &[&str] = &[
     "198.51.100.13",
 ];
 
+/// `--attackers`: at least one, and no more than [`attacker_address`] keeps distinct.
+fn parse_attackers(s: &str) -> Result<usize, String> {
+    match s.parse::<u64>() {
+        Ok(n) if (1..=1 << 32).contains(&n) => Ok(n as usize),
+        _ => Err(format!("expected a whole number from 1 to {}", 1u64 << 32)),
+    }
+}
+
+/// The address of attacker `index` (`--attackers`): [`ATTACKERS`] first, then one IPv6
+/// documentation address (`2001:db8::/32`) per index, distinct for every index below 2^32.
+pub fn attacker_address(index: usize) -> std::borrow::Cow<'static, str> {
+    match ATTACKERS.get(index) {
+        Some(ip) => (*ip).into(),
+        None => {
+            let n = (index - ATTACKERS.len()) as u64;
+            std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, (n >> 16) as u16, n as u16)
+                .to_string()
+                .into()
+        }
+    }
+}
+
 const ORDINARY: &[&str] = &[
     "192.0.2.10 - - [26/Nov/2026:01:00:00 +0000] \"GET /index.html HTTP/1.1\" 200 4909 \"-\" \"Mozilla/5.0 (X11; Linux x86_64)\"",
     "192.0.2.11 - - [26/Nov/2026:01:00:00 +0000] \"GET /static/app.js HTTP/1.1\" 200 73512 \"https://example.com/\" \"Mozilla/5.0\"",
@@ -207,8 +235,8 @@ struct Batch {
     body: Vec<u8>,
     /// The log lines in the body (cheap clones of the encoded entries' buffers).
     texts: Vec<bytes::Bytes>,
-    /// The sequence numbers of the lines, and the attacker (index into [`ATTACKERS`]) of each
-    /// attack line.
+    /// The sequence numbers of the lines, and the attacker (index for [`attacker_address`]) of
+    /// each attack line.
     seqs: Vec<u64>,
     attackers: Vec<usize>,
     /// The minute (of event time) the batch's lines are stamped in.
@@ -242,9 +270,9 @@ fn build_batch(args: &LoadgenArgs, seq: &AtomicU64, batch_no: u64) -> Batch {
         let n = seq.fetch_add(1, Ordering::Relaxed);
         let mut line = String::with_capacity(160);
         if attack_every > 0 && n.is_multiple_of(attack_every) {
-            let who = (n / attack_every) as usize % ATTACKERS.len();
+            let who = (n / attack_every) as usize % args.attackers.max(1);
             attackers.push(who);
-            let ip = ATTACKERS[who];
+            let ip = attacker_address(who);
             // The marker goes before the message: sshd's failure lines end with "ssh2", and the
             // rules that extract the address expect nothing after it.
             let _ = write!(
@@ -470,7 +498,7 @@ pub async fn run_with(args: LoadgenArgs, on_ack: Option<AckHook>) -> anyhow::Res
                             .extend_from_slice(&batch.seqs);
                         for &who in &batch.attackers {
                             *l.attacks
-                                .entry((tenant.clone(), ATTACKERS[who].to_owned()))
+                                .entry((tenant.clone(), attacker_address(who).into_owned()))
                                 .or_default()
                                 .entry(batch.minute)
                                 .or_default() += 1;

@@ -225,6 +225,70 @@ async fn attack_share_plants_brute_force_lines_from_known_addresses() {
 }
 
 #[tokio::test]
+async fn attackers_spread_the_attack_over_that_many_distinct_tracked_addresses() {
+    let loki = FakeLoki::start().await;
+    let url = format!("{}/loki/api/v1/push", loki.url());
+    // Every line an attack line; 2,500 of them cycle through 1,000 addresses.
+    let s = run(args(
+        &url,
+        &[
+            "--batches",
+            "1",
+            "--batch-bytes",
+            "300000",
+            "--attack-share",
+            "1",
+            "--attackers",
+            "1000",
+            "--format",
+            "json",
+        ],
+    ))
+    .await
+    .unwrap();
+    assert!(s.attack_lines_acked >= 2000, "{s:?}");
+    let body = &loki.requests()[0].body;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let addresses: std::collections::BTreeSet<&str> = text
+        .split("Failed password for root from ")
+        .skip(1)
+        .map(|rest| rest.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(addresses.len(), 1000);
+    assert!(logwarden::loadgen::ATTACKERS
+        .iter()
+        .all(|ip| addresses.contains(ip)));
+    assert!(addresses
+        .iter()
+        .all(|a| a.parse::<std::net::IpAddr>().is_ok()));
+    // The engine tracks each as its own key in each of the three SSH rules keyed by address.
+    let registry = prometheus::Registry::new();
+    let detector = logwarden::detect::Detector::try_new(&Default::default(), &registry).unwrap();
+    let meta = logwarden::decode::PushMeta {
+        content_type: Some("application/json"),
+        content_encoding: None,
+        api: logwarden::decode::PushApi::V1,
+    };
+    logwarden::decode::with_decoded(body, meta, Default::default(), |v| {
+        detector.process("t", v, &|_| {})
+    })
+    .unwrap();
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    assert_eq!(
+        crate::support::metric_sum(&text, "logwarden_detect_keys", &[]),
+        3000.0
+    );
+    // Zero addresses is refused with a message saying what is expected.
+    let err = Cli::try_parse_from(["loadgen", "--attackers", "0"])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("from 1 to"), "{err}");
+}
+
+#[tokio::test]
 async fn tenants_alternate_and_planted_attacks_are_detected() {
     let loki = FakeLoki::start().await;
     let url = format!("{}/loki/api/v1/push", loki.url());
