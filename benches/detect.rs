@@ -188,8 +188,23 @@ fn bench_detect(c: &mut Criterion) {
     }
 }
 
-/// Resident memory per tracked key under a flood of distinct sources (printed, not timed).
+/// Resident memory per tracked key under a flood of distinct sources (printed, not timed):
+/// a million sources each failing one SSH login, with `max_keys` room for all of them (the cost
+/// per key) and with the default `max_keys` (what the bound holds the map to while the flood
+/// churns through it). Each run in a process of its own (`--memory-run MAX_KEYS`), so one does
+/// not inherit the other's freed memory.
 fn memory_per_key() {
+    let exe = std::env::current_exe().unwrap();
+    for max_keys in [1_000_000usize, DetectConfig::default().max_keys] {
+        let out = std::process::Command::new(&exe)
+            .args(["--memory-run", &max_keys.to_string()])
+            .output()
+            .unwrap();
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+fn memory_run(max_keys: usize) {
     fn rss_bytes() -> usize {
         let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
         statm
@@ -201,12 +216,17 @@ fn memory_per_key() {
     }
     let n = 1_000_000usize;
     let cfg = DetectConfig {
-        max_keys: n,
+        max_keys,
         ..DetectConfig::default()
     };
-    let detector = Detector::try_new(&cfg, &prometheus::Registry::new()).unwrap();
+    let registry = prometheus::Registry::new();
+    let detector = Detector::try_new(&cfg, &registry).unwrap();
     let before = rss_bytes();
     let mut batch = detector.batch("bench");
+    let labels: std::collections::BTreeMap<String, String> = [("job", "auth"), ("host", "web1")]
+        .map(|(k, v)| (k.into(), v.into()))
+        .into();
+    batch.set_stream_map(labels);
     for i in 0..n {
         let line = format!(
             "May 14 09:00:00 web1 sshd[1]: Failed password for root from {}.{}.{}.{} port 22 ssh2",
@@ -219,10 +239,19 @@ fn memory_per_key() {
     }
     batch.flush(&|_: Incident| {});
     let after = rss_bytes();
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    let keys: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("logwarden_detect_keys "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
     println!(
-        "memory: {n} distinct sources x 3 ssh rules: {:.1} MiB RSS growth, {:.0} bytes per (rule, key)",
+        "memory: {n} distinct sources x 3 ssh rules, max_keys {max_keys}: {keys} (rule, key) \
+         windows kept, {:.1} MiB RSS growth, {:.0} bytes per kept window",
         (after - before) as f64 / (1 << 20) as f64,
-        (after - before) as f64 / (3 * n) as f64
+        (after - before) as f64 / keys.max(1.0)
     );
 }
 
@@ -291,6 +320,10 @@ criterion_group!(benches, bench_detect);
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--memory-run") {
+        memory_run(args[i + 1].parse().expect("--memory-run MAX_KEYS"));
+        return;
+    }
     if args.iter().any(|a| a == "--memory") {
         memory_per_key();
         return;

@@ -713,12 +713,25 @@ impl Detector {
     }
 
     /// Makes room when the key bound is reached, and expires idle keys once per minute of event
-    /// time. Only one thread sweeps at a time; the others go on.
+    /// time. Only one thread sweeps at a time. For the minute's sweep the others go on; a
+    /// thread that needs room waits for a sweep under way instead of adding keys past the
+    /// bound: the sweeping thread may be an idle-class inspection thread that other work keeps
+    /// off the CPU, and the thread that went on used to add keys without bound meanwhile
+    /// (a million-address brute force grew the process by gigabytes).
     fn maintain(&self, compiled: &Compiled, need_room: bool) {
-        let Ok(mut last) = self.sweeping.try_lock() else {
-            return;
+        let mut last = if need_room {
+            self.sweeping.lock().unwrap_or_else(|e| e.into_inner())
+        } else {
+            match self.sweeping.try_lock() {
+                Ok(last) => last,
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            }
         };
         let wm = self.watermark_ms.load(Ordering::Relaxed);
+        // Counted as they go: another thread may add keys to a map while it is swept, so the
+        // map's length before and after does not tell how many went (the difference once
+        // wrapped below zero and took the key count down to nothing).
         let mut removed = 0usize;
         if need_room || wm.saturating_sub(*last) >= 60_000 {
             *last = wm;
@@ -729,11 +742,12 @@ impl Detector {
                     .saturating_add(rule.spec.tolerance_ms)
                     .saturating_add(rule.cooldown_ms);
                 let cutoff = wm.saturating_sub(horizon);
-                let before = map.len();
                 map.retain(|_, s| {
-                    s.newest_ms >= cutoff || s.open.as_ref().is_some_and(|o| o.emit_pending)
+                    let keep =
+                        s.newest_ms >= cutoff || s.open.as_ref().is_some_and(|o| o.emit_pending);
+                    removed += usize::from(!keep);
+                    keep
                 });
-                removed += before - map.len();
             }
         }
         let total = self
@@ -756,9 +770,11 @@ impl Detector {
                 let (_, cut, _) = newest.select_nth_unstable(nth);
                 let cut = *cut;
                 for map in &compiled.states {
-                    let before = map.len();
-                    map.retain(|_, s| s.newest_ms > cut);
-                    removed += before - map.len();
+                    map.retain(|_, s| {
+                        let keep = s.newest_ms > cut;
+                        removed += usize::from(!keep);
+                        keep
+                    });
                 }
             }
         }
@@ -1333,7 +1349,7 @@ impl Batch<'_> {
                 .entry(self.parts.key_buf.as_str().into())
                 .or_insert_with(|| {
                     created = true;
-                    KeyState::new(rule)
+                    Box::new(KeyState::new(rule))
                 });
             if created {
                 self.detector.total_keys.fetch_add(1, Ordering::Relaxed);

@@ -19,7 +19,11 @@ pub const MAX_LISTED_VALUES: usize = 20;
 const MAX_COUNTED_VALUES: usize = 1024;
 
 /// One rule's keys: `tenant \x1f key` → state.
-pub type KeyMap = DashMap<Box<str>, KeyState, foldhash::fast::RandomState>;
+///
+/// The state is boxed: under a flood of new keys (a brute force spread over a million addresses)
+/// the map evicts and inserts all the time, and its tables settle at about four buckets per live
+/// key; a bucket of a key and a pointer is 24 bytes, one holding the state itself was 216.
+pub type KeyMap = DashMap<Box<str>, Box<KeyState>, foldhash::fast::RandomState>;
 
 /// A matching line as the engine hands it over (borrowed; copied only into the ring).
 #[derive(Debug, Clone)]
@@ -58,8 +62,8 @@ pub struct KeyState {
     pub newest_ms: i64,
     /// The newest matching lines, oldest first.
     pub samples: VecDeque<KeptLine>,
-    /// The incident opened by the last firing, while it lasts.
-    pub open: Option<OpenIncident>,
+    /// The incident opened by the last firing, while it lasts (boxed: most keys never fire).
+    pub open: Option<Box<OpenIncident>>,
 }
 
 #[derive(Debug)]
@@ -184,6 +188,13 @@ impl KeyState {
                 labels,
                 value,
             };
+            // Grow the ring by doubling up to `samples_per_key`, not past it: most keys of a
+            // flood keep one line, and a default-sized ring would hold room for four.
+            let len = self.samples.len();
+            if len == self.samples.capacity() {
+                let want = (2 * len).clamp(1, samples_per_key.max(len + 1));
+                self.samples.reserve_exact(want - len);
+            }
             // Keep samples in event-time order so the newest evidence is last.
             if self.samples.back().is_none_or(|s| s.ts_ns <= kept.ts_ns) {
                 self.samples.push_back(kept);
@@ -321,7 +332,7 @@ impl KeyState {
                 open.note_value(hash_str(v), v);
             }
         }
-        self.open = Some(open);
+        self.open = Some(Box::new(open));
     }
 }
 

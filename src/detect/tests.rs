@@ -203,6 +203,51 @@ fn keys_are_bounded_and_evictions_counted() {
 }
 
 #[test]
+fn keys_stay_bounded_and_counted_while_two_threads_add_them() {
+    // Two inspection threads (the calm and the contended lane overlap while they hand over)
+    // adding new keys at once: one sweeps while the other adds. Every key is accounted for, and
+    // neither thread adds past the bound while the other makes room.
+    let file = rules_file(RULES);
+    let cfg = DetectConfig {
+        max_keys: 1000,
+        ..config(&file)
+    };
+    let d = Detector::try_new(&cfg, &prometheus::Registry::new()).unwrap();
+    let peak = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for t in 0..2u32 {
+            let (d, peak) = (&d, &peak);
+            scope.spawn(move || {
+                for round in 0..40u32 {
+                    let mut b = d.batch("t");
+                    for i in 0..2000u32 {
+                        let n = (t << 24) | (round << 12) | i;
+                        let line = format!(
+                            "fail from {}.{}.{}.{}",
+                            1 + (n >> 24),
+                            (n >> 16) & 255,
+                            (n >> 8) & 255,
+                            n & 255
+                        );
+                        b.line(T0 + i64::from(round) * SEC, line.as_bytes(), &mut |_| {});
+                    }
+                    b.flush(&|_: Incident| {});
+                    peak.fetch_max(d.current().states[0].len(), Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let live = d.current().states[0].len();
+    assert_eq!(d.total_keys.load(Ordering::Relaxed), live);
+    // The bound, plus at most one key per thread added while the other evicts.
+    assert!(
+        peak.load(Ordering::Relaxed) <= 1002,
+        "peak {}",
+        peak.load(Ordering::Relaxed)
+    );
+}
+
+#[test]
 fn idle_keys_expire_on_event_time() {
     let h = harness(RULES);
     run(&h.detector, &[(0, A), (0, B)]);
@@ -678,4 +723,30 @@ fn batches_for_two_rule_sets_on_one_thread_each_keep_to_their_own() {
     let fired = run(&one.detector, &[(20, B), (21, B), (22, B)]);
     assert_eq!(fired.len(), 1);
     assert_eq!(fired[0].key, "198.51.100.1");
+}
+
+#[test]
+fn sample_rings_hold_room_for_no_more_lines_than_they_keep() {
+    // A flood of addresses seen once each is held at one line of room per key, and a busy key
+    // at `samples_per_key`: with a million keys the difference is hundreds of megabytes.
+    let file = rules_file(RULES);
+    let cfg = DetectConfig {
+        samples_per_key: 5,
+        ..config(&file)
+    };
+    let d = Detector::try_new(&cfg, &prometheus::Registry::new()).unwrap();
+    let mut lines: Vec<(i64, String)> = (0..12).map(|s| (s, A.to_owned())).collect();
+    lines.extend((0..50).map(|i| (i, format!("fail from 198.18.0.{i}"))));
+    let refs: Vec<(i64, &str)> = lines.iter().map(|(t, l)| (*t, l.as_str())).collect();
+    run(&d, &refs);
+    let compiled = d.current();
+    let mut rooms: Vec<(usize, usize)> = compiled.states[0]
+        .iter()
+        .map(|e| (e.value().samples.len(), e.value().samples.capacity()))
+        .collect();
+    rooms.sort_unstable();
+    assert_eq!(rooms.len(), 51);
+    assert_eq!(rooms[0], (1, 1));
+    assert_eq!(rooms[49], (1, 1));
+    assert_eq!(rooms[50], (5, 5));
 }
