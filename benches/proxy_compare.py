@@ -3,7 +3,8 @@
 
     python3 benches/proxy_compare.py [--duration 10] [--rounds 3] [--out FILE.md] [--config logwarden.yml]
                                      [--baseline-bin OLD/logwarden] [--baseline-config B.yml]
-                                     [--rate LINES_PER_S]
+                                     [--rate LINES_PER_S] [--cells 65536:8,...] [--latencies-dir DIR]
+    python3 benches/proxy_compare.py --pool DIR [DIR ...]   (p50/p99 over the runs kept in DIRs)
 
 Targets, all on 127.0.0.1:
   sink       loadgen -> a sink (nginx answering 204 to everything)
@@ -23,6 +24,7 @@ Needs nginx (Debian package) and a release build
 (`cargo build --release`). Prints a Markdown table (and writes it to --out).
 """
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -161,6 +163,27 @@ def push_name(batch):
     return f"{batch >> 20} MiB" if batch >= 1 << 20 and batch % (1 << 20) == 0 else f"{batch >> 10} KiB"
 
 
+def pool(dirs):
+    """p50 and p99 per cell over the latencies several runs kept, each target against nginx's."""
+    cells = {}
+    for d in dirs:
+        for path in glob.glob(os.path.join(d, "*-*-*.txt")):
+            batch, conc, target = os.path.basename(path)[:-4].split("-", 2)
+            with open(path) as f:
+                lat = [float(line) for line in f]
+            cells.setdefault((int(batch), int(conc)), {}).setdefault(target, []).extend(lat)
+    for (batch, conc), targets in sorted(cells.items()):
+        ng = targets.get("nginx")
+        for target, lat in sorted(targets.items()):
+            if target == "nginx" or not ng:
+                continue
+            print(f"{push_name(batch)} c{conc} {target} / nginx over {len(dirs)} runs "
+                  f"({len(lat)} / {len(ng)} pushes): p50 {percentile_ms(lat, 0.5) / percentile_ms(ng, 0.5):.2f}x, "
+                  f"p99 {percentile_ms(lat, 0.99) / percentile_ms(ng, 0.99):.2f}x "
+                  f"({percentile_ms(lat, 0.99):.2f} / {percentile_ms(ng, 0.99):.2f} ms)")
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10, help="seconds per round")
@@ -175,7 +198,14 @@ def main():
                     help="offered log lines per second in every cell (0: as fast as each target answers)")
     ap.add_argument("--cells", default="65536:1,65536:8,1048576:1,1048576:8",
                     help="push bytes:concurrency pairs to run, comma-separated")
+    ap.add_argument("--latencies-dir",
+                    help="also keep every push's latency (µs), per cell and target, in this directory")
+    ap.add_argument("--pool", nargs="+", metavar="DIR",
+                    help="measure nothing: pool the latencies kept by several runs (--latencies-dir) "
+                         "and print each cell's p50 and p99 against nginx's over all of them")
     args = ap.parse_args()
+    if args.pool:
+        return pool(args.pool)
     cells = [tuple(int(x) for x in c.split(":")) for c in args.cells.split(",")]
     if not shutil.which("nginx"):
         sys.exit("nginx is required (apt-get install nginx)")
@@ -262,6 +292,10 @@ def main():
                 # Latency percentiles over every push of every round (pooled): a round's
                 # p99 rests on its few slowest pushes and moves a lot from round to round.
                 pooled = [x for run in runs[name] for x in run["lat"]]
+                if args.latencies_dir:
+                    os.makedirs(args.latencies_dir, exist_ok=True)
+                    with open(os.path.join(args.latencies_dir, f"{batch}-{conc}-{name}.txt"), "w") as f:
+                        f.write("".join(f"{x:.0f}\n" for x in pooled))
                 rows.append({
                     "target": name, "push": push_name(batch), "conc": conc,
                     "rps": s["requests_per_second"], "mbs": s["line_bytes_acked"] / s["elapsed_seconds"] / 1e6,
