@@ -14,6 +14,15 @@ struct Cli {
     args: LoadgenArgs,
 }
 
+/// How a push to Loki's v1 endpoint with this content type (and no content encoding) is read.
+fn v1_push(content_type: &'static str) -> logwarden::decode::PushMeta<'static> {
+    logwarden::decode::PushMeta {
+        content_type: Some(content_type),
+        content_encoding: None,
+        api: logwarden::decode::PushApi::V1,
+    }
+}
+
 fn args(url: &str, extra: &[&str]) -> LoadgenArgs {
     let mut argv = vec![
         "loadgen",
@@ -64,11 +73,7 @@ async fn retries_like_promtail_and_counts_acknowledged_lines() {
         .map(|r| {
             logwarden::decode::with_decoded(
                 &r.body,
-                logwarden::decode::PushMeta {
-                    content_type: Some("application/x-protobuf"),
-                    content_encoding: None,
-                    api: logwarden::decode::PushApi::V1,
-                },
+                v1_push("application/x-protobuf"),
                 Default::default(),
                 |v| v.entry_count(),
             )
@@ -264,12 +269,7 @@ async fn attackers_spread_the_attack_over_that_many_distinct_tracked_addresses()
     // The engine tracks each as its own key in each of the three SSH rules keyed by address.
     let registry = prometheus::Registry::new();
     let detector = logwarden::detect::Detector::try_new(&Default::default(), &registry).unwrap();
-    let meta = logwarden::decode::PushMeta {
-        content_type: Some("application/json"),
-        content_encoding: None,
-        api: logwarden::decode::PushApi::V1,
-    };
-    logwarden::decode::with_decoded(body, meta, Default::default(), |v| {
+    logwarden::decode::with_decoded(body, v1_push("application/json"), Default::default(), |v| {
         detector.process("t", v, &|_| {})
     })
     .unwrap();
@@ -329,11 +329,7 @@ async fn tenants_alternate_and_planted_attacks_are_detected() {
         }
     };
     for r in &reqs {
-        let meta = logwarden::decode::PushMeta {
-            content_type: Some("application/x-protobuf"),
-            content_encoding: None,
-            api: logwarden::decode::PushApi::V1,
-        };
+        let meta = v1_push("application/x-protobuf");
         logwarden::decode::with_decoded(&r.body, meta, Default::default(), |v| {
             detector.process("t", v, &sink)
         })
@@ -405,11 +401,7 @@ mod queryable {
         if s.lose_every > 0 && n % s.lose_every == 0 {
             return axum::http::StatusCode::NO_CONTENT;
         }
-        let meta = logwarden::decode::PushMeta {
-            content_type: Some("application/x-protobuf"),
-            content_encoding: None,
-            api: logwarden::decode::PushApi::V1,
-        };
+        let meta = super::v1_push("application/x-protobuf");
         let t = tenant(&headers);
         let mut new = Vec::new();
         logwarden::decode::with_decoded(&body, meta, Default::default(), |view| {
